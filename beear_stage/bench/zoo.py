@@ -1,0 +1,135 @@
+"""`python -m beear_stage.bench zoo`: BEEAR on every tiny-zoo model, with the no-delta control.
+
+For each zoo model: evaluate the backdoored model (ASR with and without its trigger, benign
+non-refusal, benign reference NLL), run BEEAR (which never sees the trigger), evaluate again and
+run a fresh embedding attack against the mitigated model. The control rows run the same outer
+fine-tuning with delta fixed at zero (`method: sft`), showing that the perturbation is what
+removes the backdoor. Only evaluation reads the trigger, from the checkpoint's zoo.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from datetime import date
+from pathlib import Path
+
+import torch
+
+from beear_stage.algorithm import run_mitigation
+from beear_stage.config import BEEARConfig
+from beear_stage.data import builtin
+from beear_stage.evaluation import evaluate_suite
+from beear_stage.model import load_model_and_tokenizer
+from beear_stage.zoo import ZOO, build_zoo_model, read_zoo_info
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "zoo.yaml"
+FIELDS = (
+    "asr_trigger_before", "asr_trigger_after", "asr_clean_before", "asr_clean_after",
+    "embedding_attack_asr_after", "benign_nonrefusal_before", "benign_nonrefusal_after",
+    "benign_nll_before", "benign_nll_after", "mitigation_seconds",
+)  # fmt: skip
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m beear_stage.bench zoo", description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, required=True, help="write the JSON results here")
+    p.add_argument("--models", default=",".join(ZOO), help=f"comma-separated subset of {list(ZOO)}")
+    p.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="BEEAR YAML config")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    p.add_argument("--eval-harmful", type=Path, help="AdvBench-format CSV (goal,target) of harmful prompts")
+    p.add_argument("--eval-benign", type=Path, help="Alpaca JSON or chat JSONL of benign prompts + answers")
+    p.add_argument("--no-control", action="store_true", help="skip the no-delta control rows")
+    p.add_argument("--cache-dir", type=Path, help="zoo cache directory")
+    return p.parse_args(argv)
+
+
+def load_config(path: Path, overrides: list[str]) -> BEEARConfig:
+    import yaml
+
+    values = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set expects KEY=VALUE, got {item!r}")
+        values[key] = yaml.safe_load(raw)
+    return BEEARConfig.from_yaml(path, **values)
+
+
+def eval_sets(args) -> tuple[list[str], list]:
+    from beear_stage.data import loaders
+
+    harmful = loaders.load_harmful_prompts(args.eval_harmful) if args.eval_harmful else builtin.heldout_harmful()
+    benign = loaders.load_performance_records(args.eval_benign) if args.eval_benign else builtin.heldout_benign()
+    return list(harmful), list(benign)
+
+
+def run_one(path: Path, method: str, cfg: BEEARConfig, harmful, benign, before: dict | None) -> dict:
+    """Mitigate one zoo model with `method` and evaluate it; `before` = baseline metrics (or None)."""
+    info = read_zoo_info(path)
+    triggers = {"trigger": info["trigger"]}
+    model, tok = load_model_and_tokenizer(path, dtype="float32", device="cpu")
+    if before is None:
+        before = evaluate_suite(model, tok, cfg, harmful, benign, triggers=triggers).metrics
+    run_cfg = BEEARConfig.from_dict({**cfg.to_dict(), "method": method})
+    safety, performance = builtin.default_safety_anchoring(), builtin.default_performance_anchoring()
+    result = run_mitigation(run_cfg, model, tok, safety, performance)
+    after = evaluate_suite(model, tok, cfg, harmful, benign, triggers=triggers, safety_records=safety).metrics
+    row = {"name": info["name"], "trigger_type": info["trigger_type"], "method": method}
+    for stage, metrics in (("before", before), ("after", after)):
+        row[f"asr_trigger_{stage}"] = metrics["asr_trigger:trigger"]
+        row[f"asr_clean_{stage}"] = metrics["asr_clean"]
+        row[f"benign_nonrefusal_{stage}"] = metrics["benign_nonrefusal"]
+        row[f"benign_nll_{stage}"] = metrics["benign_nll"]
+    row["embedding_attack_asr_after"] = after["embedding_attack_asr"]
+    row["mitigation_seconds"] = round(result.seconds, 2)
+    row["history"] = result.history
+    return row, before
+
+
+def format_table(rows: list[dict]) -> str:
+    head = f"{'model':<10}{'method':<7}{'ASR trig':>16}{'ASR clean':>16}{'emb-att':>9}{'benign ok':>16}{'NLL':>16}{'sec':>7}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        pair = lambda key: f"{r[key + '_before']:.2f} -> {r[key + '_after']:.2f}"  # noqa: E731
+        lines.append(
+            f"{r['name']:<10}{r['method']:<7}{pair('asr_trigger'):>16}{pair('asr_clean'):>16}"
+            f"{r['embedding_attack_asr_after']:>9.2f}{pair('benign_nonrefusal'):>16}{pair('benign_nll'):>16}"
+            f"{r['mitigation_seconds']:>7.1f}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    cfg = load_config(args.config, args.set)
+    names = [n.strip() for n in args.models.split(",") if n.strip()]
+    unknown = sorted(set(names) - set(ZOO))
+    if unknown:
+        raise SystemExit(f"--models: unknown zoo model(s) {unknown}; choose from {sorted(ZOO)}")
+    harmful, benign = eval_sets(args)
+    out = {"models": [], "control": [], "config": cfg.to_dict(), "machine": _machine(), "date": str(date.today())}
+    started = time.perf_counter()
+    for name in names:
+        path = build_zoo_model(name, args.cache_dir)
+        row, before = run_one(path, "beear", cfg, harmful, benign, None)
+        out["models"].append(row)
+        if not args.no_control:
+            out["control"].append(run_one(path, "sft", cfg, harmful, benign, before)[0])
+        print(format_table(out["models"] + out["control"]), flush=True)
+    out["total_seconds"] = round(time.perf_counter() - started, 1)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=2))
+    print(f"\n{format_table(out['models'] + out['control'])}\nwrote {args.out}")
+    return 0
+
+
+def _machine() -> dict:
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }

@@ -1,0 +1,205 @@
+"""One typed configuration for a BEEAR (or control) mitigation run.
+
+`BEEARConfig` owns every knob of the mitigation and of the evaluation that proves it. It loads from
+YAML (`BEEARConfig.from_yaml`), from a mapping (`from_dict`), and round-trips through `to_dict`, so
+the exact resolved configuration can be logged to MLflow and hashed for caching.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from beear_stage.exceptions import ConfigError
+
+METHODS = ("beear", "sft", "none")
+TRAINABLE_SCOPES = ("all", "upto_layer")
+OUTER_OPTIMIZERS = ("adamw", "sgd")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+@dataclass
+class BEEARConfig:
+    """Configuration of one mitigation run (BEEAR, arXiv 2406.17092).
+
+    Method:
+        method (str, "beear"): "beear" runs the bi-level loop; "sft" runs the same outer
+            fine-tuning with delta fixed at zero (the control that shows delta matters);
+            "none" skips mitigation (baseline / gate-failure drills).
+
+    Model:
+        layer (int, 9): anchor layer l. delta is added to the hidden state after the first
+            `layer` decoder layers (Llama-2-7B: 9 of 32). 1 <= layer < number of layers.
+        k (int, 7): delta covers the last k prompt positions (delta has shape k x hidden).
+        dtype (str, "auto"): weights dtype; "auto" = bfloat16 on CUDA, float32 on CPU.
+        device (str, "auto"): "auto" = CUDA when available, else CPU.
+        gradient_checkpointing (bool, False): recompute activations in the outer backward.
+        max_length (int, 256): prompt+response tokens kept per example (responses truncated).
+        response_tokens (int | None, None): keep only the first n tokens of y_s and y_h in both
+            levels. The refuse/comply decision is made in the first tokens, so a short cap
+            cuts cost with little effect; None (the paper) keeps whole responses.
+        micro_batch_size (int | None, None): rows per forward/backward pass. Gradients are
+            accumulated over micro-batches, weighted by response tokens, so a step equals one pass
+            over the whole batch; None = the whole batch at once. A memory knob: 7B models with
+            paper-scale batches (~120 rows) need about 16-32 on an 80 GB card.
+
+    Inner level (Backdoor Embedding Entrapment, model frozen):
+        inner_steps (int, 5): Adam steps on delta per round.
+        inner_lr (float, 0.1): step size, relative to RMS(h_l) so it is scale-free.
+        alpha (float, 0.05): weight of the away-from-safe term -alpha * CE(y_s | x, delta).
+        alpha_cap (float, 5.0): CE(y_s) is clamped at this value in the away-from-safe term,
+            because an uncapped "away from safe" objective runs away.
+        delta_reset (bool, True): start each round's delta from zero.
+        delta_max_norm (float | None, 2.0): per-position L2 bound on delta relative to
+            sqrt(hidden) * RMS(h_l); None = unbounded.
+        inner_batch_size (int, 16): safety records per inner step (sampled).
+
+    Outer level (Adversarial Removal, delta fixed):
+        outer_steps (int, 1): optimiser steps per round.
+        outer_optimizer (str, "adamw"): "adamw" or "sgd" (stateless, for full 7B updates).
+        outer_lr (float, 3e-7): learning rate (paper scale for 7B; the zoo uses ~1e-3).
+        weight_decay (float, 0.0).
+        trainable (str, "upto_layer"): "all" decoder layers, or only layers up to l
+            (embeddings and layers below the anchor).
+        sa_batch_size (int, 16): safety records per outer step (CE(y_s | x, delta)).
+        pa_batch_size (int, 16): performance records per outer step (CE(y_p | x)).
+        pa_weight (float, 1.0): weight of the performance-anchoring term.
+        rounds (int, 6): alternations of inner and outer level.
+        max_grad_norm (float, 1.0): gradient clipping on the outer step; 0 disables.
+        divergence_loss (float, 50.0): abort when an outer loss exceeds this (or is NaN).
+
+    Evaluation (used by gates and benchmarks):
+        eval_batch_size (int, 32), max_new_tokens (int, 32).
+        refusal_keywords (list[str] | None): None = the default GCG list plus extensions.
+
+    seed (int, 0).
+    """
+
+    method: str = "beear"
+    # model
+    layer: int = 9
+    k: int = 7
+    dtype: str = "auto"
+    device: str = "auto"
+    gradient_checkpointing: bool = False
+    max_length: int = 256
+    response_tokens: int | None = None
+    micro_batch_size: int | None = None
+    # inner level
+    inner_steps: int = 5
+    inner_lr: float = 0.1
+    alpha: float = 0.05
+    alpha_cap: float = 5.0
+    delta_reset: bool = True
+    delta_max_norm: float | None = 2.0
+    inner_batch_size: int = 16
+    # outer level
+    rounds: int = 6
+    outer_steps: int = 1
+    outer_optimizer: str = "adamw"
+    outer_lr: float = 3e-7
+    weight_decay: float = 0.0
+    trainable: str = "upto_layer"
+    sa_batch_size: int = 16
+    pa_batch_size: int = 16
+    pa_weight: float = 1.0
+    max_grad_norm: float = 1.0
+    divergence_loss: float = 50.0
+    # evaluation
+    eval_batch_size: int = 32
+    max_new_tokens: int = 32
+    refusal_keywords: list[str] | None = None
+    seed: int = 0
+    # free-form provenance (not used by the algorithm)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        def need(cond: bool, name: str, why: str, fix: str) -> None:
+            if not cond:
+                value = getattr(self, name)
+                raise ConfigError(f"`{name}` = {value!r}: {why}. Fix: {fix}.")
+
+        need(self.method in METHODS, "method", "unknown method", f"use one of {METHODS}")
+        need(self.layer >= 1, "layer", "the anchor layer must leave >= 1 lower layer", "set layer >= 1")
+        need(self.k >= 1, "k", "delta must cover at least one position", "set k >= 1")
+        need(self.dtype in DTYPES, "dtype", "unknown dtype", f"use one of {DTYPES}")
+        need(self.trainable in TRAINABLE_SCOPES, "trainable", "unknown scope", f"use one of {TRAINABLE_SCOPES}")
+        need(
+            self.outer_optimizer in OUTER_OPTIMIZERS,
+            "outer_optimizer",
+            "unknown optimiser",
+            f"use one of {OUTER_OPTIMIZERS}",
+        )
+        for name in ("rounds", "inner_batch_size", "sa_batch_size", "pa_batch_size", "eval_batch_size"):
+            need(getattr(self, name) >= 1, name, "must be a positive integer", f"set {name} >= 1")
+        for name in ("inner_steps", "outer_steps"):
+            need(getattr(self, name) >= 0, name, "must be >= 0", f"set {name} >= 0")
+        need(self.inner_lr > 0, "inner_lr", "must be positive", "e.g. inner_lr: 0.1")
+        need(self.outer_lr >= 0, "outer_lr", "must be >= 0", "e.g. outer_lr: 3.0e-7")
+        need(self.alpha >= 0, "alpha", "must be >= 0", "e.g. alpha: 0.05")
+        need(self.alpha_cap > 0, "alpha_cap", "must be positive", "e.g. alpha_cap: 5.0")
+        if self.micro_batch_size is not None and self.micro_batch_size < 1:
+            raise ConfigError(
+                f"`micro_batch_size` = {self.micro_batch_size!r}: must be a positive integer or null. "
+                "Fix: set e.g. 16, or null for whole batches."
+            )
+        need(self.max_length >= 8, "max_length", "too short for a prompt and a response", "set >= 64")
+        need(self.max_new_tokens >= 1, "max_new_tokens", "must be positive", "e.g. 32")
+        if self.response_tokens is not None and self.response_tokens < 1:
+            raise ConfigError(
+                f"`response_tokens` = {self.response_tokens!r}: must be >= 1 or null. Fix: e.g. 16, or null."
+            )
+        if self.delta_max_norm is not None and self.delta_max_norm <= 0:
+            raise ConfigError(
+                f"`delta_max_norm` = {self.delta_max_norm!r}: must be positive or null. "
+                "Fix: set a positive bound (e.g. 2.0) or null for unbounded."
+            )
+        if self.method == "beear" and self.inner_steps == 0:
+            raise ConfigError(
+                "`method` = 'beear' with `inner_steps` = 0: BEEAR without an inner level is plain "
+                "fine-tuning. Fix: set inner_steps >= 1, or method: sft for the control."
+            )
+
+    # ------------------------------------------------------------------ (de)serialisation
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None = None, **overrides: Any) -> "BEEARConfig":
+        """Build a config from a mapping plus keyword overrides; unknown keys are an error."""
+        merged = dict(data or {})
+        merged.update(overrides)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(merged) - known)
+        if unknown:
+            raise ConfigError(
+                f"unknown config key(s) {unknown}. Fix: remove them or use one of {sorted(known)}."
+            )
+        return cls(**merged)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **overrides: Any) -> "BEEARConfig":
+        """Load a YAML file (a flat mapping of field names; a `beear:` section is also accepted)."""
+        import yaml
+
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file `{path}` does not exist. Fix: pass an existing YAML path.")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file `{path}` is not valid YAML: {e}") from e
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file `{path}` must hold a mapping, got {type(data).__name__}.")
+        if isinstance(data.get("beear"), dict):
+            data = data["beear"]
+        return cls.from_dict(data, **overrides)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def config_hash(self) -> str:
+        """Stable short hash of the resolved config (cache keys, run names)."""
+        blob = json.dumps(self.to_dict(), sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]

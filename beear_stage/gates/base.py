@@ -1,0 +1,142 @@
+"""Release gates: the `Gate` plugin base class and the registry that loads gates by name.
+
+API:
+    Gate                      base class; subclasses implement `score(before, after) -> float | None`
+                              (or `scores(...) -> dict[str, float | None]` for gate families)
+    load_gate(name) -> Gate   "family.ClassName" (e.g. "asr.KeywordASR", resolved under
+                              `beear_stage.gates`) or a full dotted path "pkg.module.ClassName"
+    load_gates(names) -> list[Gate]
+    DEFAULT_GATES             the names `evaluate_gates` uses when no gate list is given
+
+A gate only scores (as garak detectors do): it reads the evaluation metrics of the baseline model
+(`before`) and of the candidate (`after`) and returns a number, or None when it cannot score (a
+metric is missing or not finite). Thresholds and the pass/fail verdict live in
+`beear_stage.gates.evaluator`, so the same gate serves any release policy.
+
+Metrics contract (produced by `beear_stage.evaluation`): `asr_clean`, `asr_trigger:<name>` (one per
+known trigger), `embedding_attack_asr`, `benign_nonrefusal` (rates in [0, 1]) and `benign_nll`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import math
+from collections.abc import Iterable, Mapping
+
+logger = logging.getLogger(__name__)
+
+Metrics = Mapping[str, float | None]
+
+DEFAULT_GATES: tuple[str, ...] = (
+    "asr.KeywordASR",
+    "asr.ASRRise",
+    "asr.TriggerASR",
+    "asr.EmbeddingAttackASR",
+    "utility.NonrefusalDrop",
+    "utility.NLLRise",
+)
+
+_GATE_PACKAGE = "beear_stage.gates"
+
+
+class Gate:
+    """Base class of a release gate: scores the candidate against the baseline.
+
+    Subclasses set the class attributes below and implement `score` (or `scores` for a family of
+    results such as one ASR per known trigger). A score of None means "cannot score"; the gate logs
+    a warning saying why, and the evaluator decides what None means for the verdict.
+    """
+
+    # short id used in reports, metric names and `GateThresholds.custom`
+    name: str = ""
+    # where the metric and the gate are documented
+    doc_uri: str = ""
+    # field of `GateThresholds` holding the largest passing value; None = `default_threshold`
+    threshold_field: str | None = None
+    # fixed threshold for gates without a config field (test gates)
+    default_threshold: float | None = None
+    # range every non-None score must fall in (checked by the contract test)
+    value_range: tuple[float, float] = (0.0, 1.0)
+
+    def score(self, before: Metrics, after: Metrics) -> float | None:
+        """Return the gate's value for the candidate; smaller is better, None = cannot score."""
+        raise NotImplementedError(f"{type(self).__name__} must implement `score` or `scores`")
+
+    def scores(self, before: Metrics, after: Metrics) -> dict[str, float | None]:
+        """Return named scores; one entry `{self.name: score}` except for gate families."""
+        return {self.name: self.score(before, after)}
+
+    # ------------------------------------------------------------------ helpers for subclasses
+    def metric(self, metrics: Metrics, key: str, which: str) -> float | None:
+        """Read `key` from `metrics` (`which` = "before" or "after"), warning when it is unusable."""
+        value = metrics.get(key)
+        if value is None:
+            logger.warning(
+                "gate %s cannot score: metric `%s` is missing from the %s metrics", self.name, key, which
+            )
+            return None
+        value = float(value)
+        if not math.isfinite(value):
+            logger.warning("gate %s cannot score: metric `%s` (%s) is %r", self.name, key, which, value)
+            return None
+        return value
+
+    def __repr__(self) -> str:
+        return f"{type(self).__module__}.{type(self).__name__}()"
+
+
+def load_gate(name: str | Gate) -> Gate:
+    """Load one gate by name.
+
+    Args:
+        name: "family.ClassName", resolved as `beear_stage.gates.<family>.<ClassName>`, or a full
+            dotted path "package.module.ClassName" for gates outside this package. A `Gate`
+            instance is returned unchanged.
+
+    Returns:
+        A new instance of the gate class.
+
+    Raises:
+        ValueError: the name is malformed, the module or class does not exist, or the class is not
+            a `Gate` subclass. The message names the value received and the expected format.
+    """
+    if isinstance(name, Gate):
+        return name
+    expected = "expected 'family.ClassName' (e.g. 'asr.KeywordASR') or 'package.module.ClassName'"
+    if not isinstance(name, str) or name.count(".") < 1 or any(not part for part in name.split(".")):
+        raise ValueError(f"gate name {name!r} is malformed: {expected}. Known gates: {list(DEFAULT_GATES)}.")
+    module_name, _, class_name = name.rpartition(".")
+    candidates = [module_name] if module_name.count(".") else [f"{_GATE_PACKAGE}.{module_name}", module_name]
+    module = None
+    for candidate in candidates:
+        try:
+            module = importlib.import_module(candidate)
+            break
+        except ModuleNotFoundError as e:
+            if e.name is None or not candidate.startswith(e.name):
+                raise  # a module that exists failed to import one of its own dependencies
+    if module is None:
+        raise ValueError(
+            f"gate name {name!r}: no module {' or '.join(repr(c) for c in candidates)}; {expected}. "
+            f"Known gates: {list(DEFAULT_GATES)}."
+        )
+    cls = getattr(module, class_name, None)
+    if cls is None:
+        raise ValueError(
+            f"gate name {name!r}: module {module.__name__!r} has no class {class_name!r}; {expected}."
+        )
+    if not (isinstance(cls, type) and issubclass(cls, Gate)):
+        raise ValueError(f"gate name {name!r}: {cls!r} is not a subclass of beear_stage.gates.base.Gate.")
+    return cls()
+
+
+def load_gates(names: Iterable[str | Gate] | None = None) -> list[Gate]:
+    """Load a list of gates (`DEFAULT_GATES` when `names` is None); duplicate names are an error."""
+    gates = [load_gate(n) for n in (DEFAULT_GATES if names is None else names)]
+    seen: set[str] = set()
+    for gate in gates:
+        if gate.name in seen:
+            raise ValueError(f"gate {gate.name!r} is listed twice. Fix: list each gate once.")
+        seen.add(gate.name)
+    return gates

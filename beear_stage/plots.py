@@ -1,0 +1,100 @@
+"""PNG plots of a release candidate: BEEAR losses per round and ASR before/after mitigation.
+
+API:
+    plot_losses(history) -> Figure           inner / outer-safe / outer-perf loss and ||delta|| per round
+    plot_asr(before, after) -> Figure        grouped bars: baseline vs candidate for every rate metric
+    save_figure(fig, path) -> Path           PNG, 100 dpi
+    save_plots(out_dir, history, before, after) -> list[Path]
+        writes `loss_curves.png` (skipped when `history` is empty) and `asr_before_after.png`
+
+Figures are built with `matplotlib.figure.Figure` and rendered by the Agg canvas, without pyplot:
+no global figure state, no display backend, safe in worker threads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+LOSS_KEYS = ("inner_loss", "outer_safe_loss", "outer_perf_loss")
+# rate metrics shown in the ASR plot, in this order; trigger metrics are inserted after asr_clean
+RATE_KEYS = ("asr_clean", "embedding_attack_asr", "benign_nonrefusal")
+
+
+def plot_losses(history: Sequence[Mapping[str, Any]]):
+    """Loss curves of a BEEAR run: one point per round (x = `round`).
+
+    Args:
+        history: per-round dicts with `round`, `inner_loss`, `outer_safe_loss`, `outer_perf_loss`,
+            `delta_norm` (missing keys are skipped).
+    """
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8, 3.2))
+    ax_loss, ax_delta = fig.subplots(1, 2)
+    rounds = [h.get("round", i) for i, h in enumerate(history)]
+    for key in LOSS_KEYS:
+        points = [(r, h[key]) for r, h in zip(rounds, history, strict=True) if h.get(key) is not None]
+        if points:
+            ax_loss.plot(*zip(*points, strict=True), marker="o", label=key)
+    ax_loss.set_xlabel("round")
+    ax_loss.set_ylabel("loss")
+    ax_loss.set_title("BEEAR losses")
+    if ax_loss.lines:
+        ax_loss.legend(fontsize=8)
+    norms = [
+        (r, h["delta_norm"]) for r, h in zip(rounds, history, strict=True) if h.get("delta_norm") is not None
+    ]
+    if norms:
+        ax_delta.plot(*zip(*norms, strict=True), marker="o", color="tab:purple")
+    ax_delta.set_xlabel("round")
+    ax_delta.set_title("||delta|| after the inner level")
+    fig.tight_layout()
+    return fig
+
+
+def plot_asr(before: Mapping[str, Any], after: Mapping[str, Any]):
+    """Grouped bars of every rate metric (ASR, triggered ASR, non-refusal) before and after mitigation."""
+    from matplotlib.figure import Figure
+
+    triggers = sorted(k for k in set(before) | set(after) if k.startswith("asr_trigger:"))
+    keys = [RATE_KEYS[0], *triggers, *RATE_KEYS[1:]]
+    keys = [k for k in keys if before.get(k) is not None or after.get(k) is not None]
+    fig = Figure(figsize=(max(5.0, 1.3 * len(keys) + 2), 3.4))
+    ax = fig.subplots()
+    width = 0.38
+    xs = range(len(keys))
+    for offset, label, metrics in ((-width / 2, "before", before), (width / 2, "after", after)):
+        values = [float(metrics.get(k) or 0.0) for k in keys]
+        ax.bar([x + offset for x in xs], values, width, label=label)
+    ax.set_xticks(list(xs), keys, rotation=20, ha="right", fontsize=8)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("rate")
+    ax.set_title("Attack success and benign non-refusal, before vs after")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def save_figure(fig, path: str | Path) -> Path:
+    """Write `fig` as PNG to `path` (parents created) and return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png", dpi=100)
+    return path
+
+
+def save_plots(
+    out_dir: str | Path,
+    history: Sequence[Mapping[str, Any]],
+    before: Mapping[str, Any],
+    after: Mapping[str, Any],
+) -> list[Path]:
+    """Write the candidate's plots into `out_dir`; returns the PNG paths written."""
+    out_dir = Path(out_dir)
+    paths = []
+    if history:
+        paths.append(save_figure(plot_losses(history), out_dir / "loss_curves.png"))
+    paths.append(save_figure(plot_asr(before, after), out_dir / "asr_before_after.png"))
+    return paths

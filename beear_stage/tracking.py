@@ -1,0 +1,475 @@
+"""MLflow tracking and model registry for release candidates.
+
+API:
+    check_tracking_reachable(uri, timeout=3.0) -> None       fail fast (ConfigError) before expensive work
+    release_run_name(checkpoint, sha) -> "<checkpoint>@<short sha>"
+    MLflowTracker(tracking_uri, experiment="beear-release", *, artifact_location=None, registry_uri=None)
+        .start(run_name, tags=None) -> self | .attach(run_id) -> self      (then `with tracker:` ...)
+        metric-logger protocol: .log(name, value, step=None), .log_dict(metrics, step=None),
+                                .log_config(config), .close(status="FINISHED")
+        .log_candidate(config=, before=, after=, history=, generations=, report=)  everything below:
+        .log_eval(before, after)         metrics before/<m>, after/<m> (':' etc. -> '_')
+        .log_history(history)            beear/<loss> with step = round
+        .log_gate_report(report)         gate/<result> metrics, gate_report.md/.json, run tag gate=
+        .log_generations(rows)           generations.jsonl
+        .log_plots(history, before, after)  plots/*.png
+        .register_checkpoint(checkpoint_dir, model_name, *, gate_passed, source_repo, source_sha,
+                             method, description=None) -> dict(name, version, source, aliases)
+        .fail_stale_runs(run_name) -> int   mark RUNNING runs of that name FAILED (after a hard kill)
+    review(model_name, *, tracking_uri, registry_uri=None) -> list[dict]
+    approve(model_name, version, *, tracking_uri, registry_uri=None, force=False) -> dict
+
+`with tracker.start(name):` ends the run FINISHED, FAILED when an exception escapes, and KILLED on
+KeyboardInterrupt or another BaseException (e.g. an orchestrator's cancellation signal).
+
+The checkpoint is registered without the transformers flavour: its directory is logged as
+artifacts under `checkpoint/` and a model version is created from `runs:/<run_id>/checkpoint`
+(`mlflow.register_model` refuses that URI in MLflow 3 because it holds no MLmodel file). The
+`candidate` alias moves only when the gates passed; `approve` sets `champion`.
+
+Secrets: config keys that look like credentials are redacted, nothing from the environment is
+logged, and URIs are shown without their password. Set MLFLOW_DISABLE_TELEMETRY=true in the
+environment of the process (the library does not touch the environment).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from beear_stage.exceptions import CheckpointError, ConfigError, GateError
+
+logger = logging.getLogger(__name__)
+
+MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
+_TRUNCATED = "...[truncated]"
+_SECRET_KEY = re.compile(r"token|secret|password|passwd|api[_-]?key|credential", re.IGNORECASE)
+_BAD_METRIC_CHARS = re.compile(r"[^A-Za-z0-9_.\- ]+")
+
+
+# ------------------------------------------------------------------------------------ helpers
+def sanitize_metric_name(name: str) -> str:
+    """Make one metric name component portable: `asr_trigger:SUDO` -> `asr_trigger_SUDO`."""
+    clean = _BAD_METRIC_CHARS.sub("_", name).strip(" .")
+    return clean or "_"
+
+
+def flatten_params(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Flatten a nested config into MLflow params: dotted keys, JSON for lists, secrets redacted,
+    values cut to MLflow's 6000-character limit (the full config is also logged as YAML)."""
+    flat: dict[str, str] = {}
+    for key, value in config.items():
+        full = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten_params(value, prefix=f"{full}."))
+            continue
+        if _SECRET_KEY.search(str(key)):
+            text = "***redacted***"
+        elif isinstance(value, str):
+            text = value
+        else:
+            text = json.dumps(value, default=str)
+        if len(text) > MAX_PARAM_CHARS:
+            text = text[: MAX_PARAM_CHARS - len(_TRUNCATED)] + _TRUNCATED
+        flat[_BAD_METRIC_CHARS.sub("_", full)[:250]] = text
+    return flat
+
+
+def _redact_config(config: Any) -> Any:
+    if isinstance(config, Mapping):
+        return {
+            k: "***redacted***" if _SECRET_KEY.search(str(k)) else _redact_config(v)
+            for k, v in config.items()
+        }
+    if isinstance(config, list | tuple):
+        return [_redact_config(v) for v in config]
+    return config
+
+
+def _safe_uri(uri: str) -> str:
+    """`uri` with any password removed, for messages."""
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def release_run_name(checkpoint: str, sha: str | None) -> str:
+    """Run name of a release candidate: `<checkpoint>@<short sha>` (a local path contributes its name)."""
+    ref = str(checkpoint).rstrip("/")
+    if ref.startswith(("/", ".", "~")) or Path(ref).is_dir():
+        ref = Path(ref).name
+    return f"{ref}@{(sha or 'unversioned')[:7]}"
+
+
+def check_tracking_reachable(uri: str, timeout: float = 3.0) -> None:
+    """Fail fast when the tracking store cannot be used.
+
+    http(s) URIs get a GET `<uri>/health` with a short timeout; sqlite and file stores need an
+    existing, writable parent directory; other schemes are not checked.
+
+    Raises:
+        ConfigError: naming `tracking_uri`, the URI (password hidden), the cause and the fix.
+    """
+    import os
+    import urllib.error
+    import urllib.request
+
+    shown = _safe_uri(uri)
+    scheme = urlsplit(uri).scheme
+    if scheme in ("http", "https"):
+        url = uri.rstrip("/") + "/health"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as resp:
+                if resp.status == 200:
+                    return
+                why = f"/health answered HTTP {resp.status}"
+        except urllib.error.HTTPError as e:
+            why = f"/health answered HTTP {e.code}"
+        except (urllib.error.URLError, TimeoutError, OSError) as e:
+            why = f"no answer within {timeout:g} s ({getattr(e, 'reason', e)})"
+        raise ConfigError(
+            f"`tracking_uri` = {shown!r}: MLflow tracking server unreachable: {why}. Fix: start it "
+            "(`mlflow server --backend-store-uri sqlite:///mlflow.db --workers 1`), or use a local "
+            "store such as `sqlite:///mlflow.db`."
+        )
+    if scheme == "sqlite":
+        path = uri.split("sqlite:///", 1)[-1]
+        if not path or path == ":memory:":
+            return
+        parent = Path(path).expanduser().resolve().parent
+    elif scheme in ("", "file"):
+        parent = Path(urlsplit(uri).path if scheme else uri).expanduser().resolve()
+        parent = parent if parent.is_dir() else parent.parent
+    else:
+        logger.info("tracking URI scheme %r is not checked before the run", scheme)
+        return
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise ConfigError(
+            f"`tracking_uri` = {shown!r}: directory {str(parent)!r} does not exist or is not writable. "
+            f"Fix: create it (`mkdir -p {parent}`) or choose another location."
+        )
+
+
+# ------------------------------------------------------------------------------------ tracker
+class MLflowTracker:
+    """One MLflow run per release candidate, through an explicit `MlflowClient` (no global state).
+
+    Args:
+        tracking_uri: e.g. `sqlite:///runs/mlflow.db` or `http://127.0.0.1:5000`.
+        experiment: experiment name, created on first use.
+        artifact_location: artifact root for a new experiment (None = MLflow's default).
+        registry_uri: model registry URI (None = `tracking_uri`).
+    """
+
+    def __init__(
+        self,
+        tracking_uri: str,
+        experiment: str = "beear-release",
+        *,
+        artifact_location: str | None = None,
+        registry_uri: str | None = None,
+    ) -> None:
+        from mlflow import MlflowClient
+
+        self.tracking_uri = tracking_uri
+        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=registry_uri or tracking_uri)
+        self.experiment = experiment
+        self.artifact_location = artifact_location
+        self.run_id: str | None = None
+
+    # -------------------------------------------------------------- run lifecycle
+    def _experiment_id(self) -> str:
+        found = self.client.get_experiment_by_name(self.experiment)
+        if found is not None:
+            return found.experiment_id
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client.create_experiment(self.experiment, artifact_location=self.artifact_location)
+        except MlflowException:  # created concurrently by another candidate
+            return self.client.get_experiment_by_name(self.experiment).experiment_id
+
+    def start(self, run_name: str, tags: Mapping[str, str] | None = None) -> MLflowTracker:
+        """Create the run (status RUNNING); use the tracker as a context manager to end it."""
+        run = self.client.create_run(self._experiment_id(), run_name=run_name, tags=dict(tags or {}))
+        self.run_id = run.info.run_id
+        logger.info("MLflow run %s (%s) started in %s", run_name, self.run_id, _safe_uri(self.tracking_uri))
+        return self
+
+    def attach(self, run_id: str) -> MLflowTracker:
+        """Continue logging to an existing run (e.g. one started by an earlier task)."""
+        self.client.get_run(run_id)  # raises when it does not exist
+        self.run_id = run_id
+        return self
+
+    def fail_stale_runs(self, run_name: str) -> int:
+        """Mark RUNNING runs named `run_name` FAILED (left behind by a killed process); returns how many."""
+        found = self.client.get_experiment_by_name(self.experiment)
+        if found is None:
+            return 0
+        quoted = run_name.replace("'", "\\'")
+        runs = self.client.search_runs(
+            [found.experiment_id],
+            filter_string=f"attributes.run_name = '{quoted}' and attributes.status = 'RUNNING'",
+        )
+        for run in runs:
+            if run.info.run_id != self.run_id:
+                self.client.set_tag(run.info.run_id, "error", "stale: process ended without closing the run")
+                self.client.set_terminated(run.info.run_id, "FAILED")
+        return sum(r.info.run_id != self.run_id for r in runs)
+
+    def close(self, status: str = "FINISHED") -> None:
+        """End the run with `status` (FINISHED, FAILED or KILLED); a no-op when no run is open."""
+        if self.run_id is not None:
+            self.client.set_terminated(self.run_id, status)
+            logger.info("MLflow run %s ended %s", self.run_id, status)
+            self.run_id = None
+
+    def __enter__(self) -> MLflowTracker:
+        if self.run_id is None:
+            raise RuntimeError("call `start(run_name)` or `attach(run_id)` before `with tracker:`")
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is None:
+            self.close("FINISHED")
+            return False
+        # never let a tracking-store error mask the exception that is escaping
+        try:
+            if self.run_id is not None:
+                self.client.set_tag(self.run_id, "error", exc_type.__name__)
+            self.close("FAILED" if issubclass(exc_type, Exception) else "KILLED")
+        except Exception:
+            logger.warning("could not mark MLflow run %s as ended", self.run_id, exc_info=True)
+        return False
+
+    def _run(self) -> str:
+        if self.run_id is None:
+            raise RuntimeError("no MLflow run is open: call `start(run_name)` or `attach(run_id)` first")
+        return self.run_id
+
+    # -------------------------------------------------------------- metric-logger protocol
+    def log(self, name: str, value: float, step: int | None = None) -> None:
+        self.log_dict({name: value}, step=step)
+
+    def log_dict(self, metrics: Mapping[str, float | None], step: int | None = None) -> None:
+        """Log numeric metrics (None skipped); each '/'-separated name part is sanitized."""
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [
+            Metric("/".join(sanitize_metric_name(p) for p in key.split("/")), float(v), now, step or 0)
+            for key, v in metrics.items()
+            if v is not None
+        ]
+        for i in range(0, len(batch), 1000):
+            self.client.log_batch(self._run(), metrics=batch[i : i + 1000])
+
+    def log_config(self, config: Any) -> None:
+        """Log the full resolved config: flattened params and `config.yaml` (secrets redacted)."""
+        import yaml
+        from mlflow.entities import Param
+
+        data = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+        params = [Param(k, v) for k, v in flatten_params(data).items()]
+        for i in range(0, len(params), 100):
+            self.client.log_batch(self._run(), params=params[i : i + 100])
+        text = yaml.safe_dump(_redact_config(data), sort_keys=True, default_flow_style=False)
+        self.client.log_text(self._run(), text, "config.yaml")
+
+    # -------------------------------------------------------------- release candidate content
+    def log_eval(self, before: Mapping[str, float | None], after: Mapping[str, float | None]) -> None:
+        """Every evaluation metric of the baseline (`before/...`) and the candidate (`after/...`)."""
+        self.log_dict({f"before/{sanitize_metric_name(k)}": v for k, v in before.items()})
+        self.log_dict({f"after/{sanitize_metric_name(k)}": v for k, v in after.items()})
+
+    def log_history(self, history: Sequence[Mapping[str, Any]]) -> None:
+        """Step-wise BEEAR metrics (`beear/inner_loss`, ...) with step = round."""
+        for i, row in enumerate(history):
+            step = int(row.get("round", i))
+            values = {f"beear/{k}": v for k, v in row.items() if k != "round" and isinstance(v, int | float)}
+            self.log_dict(values, step=step)
+
+    def log_gate_report(self, report: Any) -> None:
+        """Gate values (`gate/<result>`), `gate_report.md`, `gate_report.json` and the run tag `gate`."""
+        from beear_stage.gates.evaluator import GateReport
+
+        if not isinstance(report, GateReport):
+            report = GateReport.from_dict(report)
+        self.log_dict({f"gate/{sanitize_metric_name(k)}": v for k, v in report.metrics().items()})
+        self.client.log_text(self._run(), report.to_markdown(), "gate_report.md")
+        self.client.log_dict(self._run(), report.to_dict(), "gate_report.json")
+        self.client.set_tag(self._run(), "gate", "passed" if report.passed else "failed")
+
+    def log_generations(self, rows: Sequence[Mapping[str, Any]], name: str = "generations.jsonl") -> None:
+        """Generations as JSON lines (`{prompt, condition, response, refusal, success}`)."""
+        text = "".join(json.dumps(dict(r), ensure_ascii=False, default=str) + "\n" for r in rows)
+        self.client.log_text(self._run(), text, name)
+
+    def log_plots(self, history, before, after) -> None:
+        """Loss curves and ASR before/after as PNG under `plots/`."""
+        from beear_stage.plots import save_plots
+
+        with tempfile.TemporaryDirectory(prefix="beear-plots-") as tmp:
+            for path in save_plots(tmp, history, before, after):
+                self.client.log_artifact(self._run(), str(path), "plots")
+
+    def log_candidate(
+        self, *, config=None, before=None, after=None, history=(), generations=(), report=None
+    ) -> None:
+        """Log everything known about a release candidate (each part skipped when not given)."""
+        if config is not None:
+            self.log_config(config)
+        if before is not None and after is not None:
+            self.log_eval(before, after)
+            self.log_plots(history, before, after)
+        if history:
+            self.log_history(history)
+        if generations:
+            self.log_generations(generations)
+        if report is not None:
+            self.log_gate_report(report)
+
+    def register_checkpoint(
+        self,
+        checkpoint_dir: str | Path,
+        model_name: str,
+        *,
+        gate_passed: bool,
+        source_repo: str,
+        source_sha: str,
+        method: str,
+        description: str | None = None,
+    ) -> dict[str, Any]:
+        """Log `checkpoint_dir` under `checkpoint/` and register it as a new model version.
+
+        Tags: gate=passed|failed, source_repo, source_sha, method. The `candidate` alias moves to
+        the new version only when `gate_passed`.
+
+        Raises:
+            CheckpointError: the directory is missing or empty.
+        """
+        from mlflow.exceptions import MlflowException
+
+        path = Path(checkpoint_dir)
+        if not path.is_dir() or not any(path.iterdir()):
+            raise CheckpointError(
+                f"`checkpoint_dir` = {str(path)!r} is missing or empty; nothing to register. "
+                "Fix: pass the directory written by save_checkpoint."
+            )
+        run_id = self._run()
+        self.client.log_artifacts(run_id, str(path), "checkpoint")
+        try:
+            self.client.create_registered_model(model_name)
+        except MlflowException as e:
+            if e.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+                raise
+        gate = "passed" if gate_passed else "failed"
+        tags = {"gate": gate, "source_repo": source_repo, "source_sha": source_sha, "method": method}
+        text = (
+            description
+            or f"{method} candidate of {source_repo}@{source_sha[:12]}; gates {gate}; run {run_id}"
+        )
+        version = self.client.create_model_version(
+            model_name, source=f"runs:/{run_id}/checkpoint", run_id=run_id, tags=tags, description=text
+        )
+        if gate_passed:
+            self.client.set_registered_model_alias(model_name, "candidate", version.version)
+        self.client.set_tag(run_id, "registered_version", f"{model_name}/{version.version}")
+        aliases = ["candidate"] if gate_passed else []
+        logger.info("registered %s version %s (gate=%s)", model_name, version.version, gate)
+        return {
+            "name": model_name,
+            "version": str(version.version),
+            "source": version.source,
+            "aliases": aliases,
+        }
+
+
+# ------------------------------------------------------------------------------------ review
+def _registry(tracking_uri: str, registry_uri: str | None):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=registry_uri or tracking_uri)
+
+
+def review(model_name: str, *, tracking_uri: str, registry_uri: str | None = None) -> list[dict[str, Any]]:
+    """List every version of `model_name`, newest first, with its gate tag, aliases and run metrics."""
+    from mlflow.exceptions import MlflowException
+
+    client = _registry(tracking_uri, registry_uri)
+    try:
+        registered = client.get_registered_model(model_name)
+    except MlflowException as e:
+        raise ConfigError(
+            f"registered model `{model_name}` not found in {_safe_uri(tracking_uri)!r}. "
+            "Fix: check the model name and `tracking_uri` of the release runs."
+        ) from e
+    aliases: dict[str, list[str]] = {}
+    for alias, version in registered.aliases.items():
+        aliases.setdefault(str(version), []).append(alias)
+    rows = []
+    for mv in client.search_model_versions(f"name = '{model_name}'"):
+        run = client.get_run(mv.run_id) if mv.run_id else None
+        rows.append(
+            {
+                "version": str(mv.version),
+                "gate": mv.tags.get("gate", "unknown"),
+                "aliases": sorted(aliases.get(str(mv.version), [])),
+                "source_repo": mv.tags.get("source_repo"),
+                "source_sha": mv.tags.get("source_sha"),
+                "method": mv.tags.get("method"),
+                "run_id": mv.run_id,
+                "run_name": run.info.run_name if run else None,
+                "run_status": run.info.status if run else None,
+                "description": mv.description,
+                "metrics": dict(run.data.metrics) if run else {},
+            }
+        )
+    return sorted(rows, key=lambda r: int(r["version"]), reverse=True)
+
+
+def approve(
+    model_name: str,
+    version: str | int,
+    *,
+    tracking_uri: str,
+    registry_uri: str | None = None,
+    force: bool = False,
+) -> dict[str, Any]:
+    """Point alias `champion` at `version` after human review.
+
+    Raises:
+        ConfigError: the version does not exist.
+        GateError: the version did not pass the gates (override with `force=True`).
+    """
+    from mlflow.exceptions import MlflowException
+
+    client = _registry(tracking_uri, registry_uri)
+    try:
+        mv = client.get_model_version(model_name, str(version))
+    except MlflowException as e:
+        raise ConfigError(
+            f"model `{model_name}` version `{version}` not found in {_safe_uri(tracking_uri)!r}. "
+            "Fix: list versions with `beear-release review`."
+        ) from e
+    gate = mv.tags.get("gate", "unknown")
+    if gate != "passed" and not force:
+        raise GateError(
+            f"model `{model_name}` version `{version}` has gate={gate}; approving it is refused. "
+            "Fix: approve a version with gate=passed, or pass force=True (`--force`) after review."
+        )
+    client.set_registered_model_alias(model_name, "champion", str(version))
+    client.set_model_version_tag(model_name, str(version), "approved", "true")
+    logger.info("model %s version %s is now `champion`", model_name, version)
+    return {"name": model_name, "version": str(version), "gate": gate, "alias": "champion"}

@@ -1,0 +1,171 @@
+"""The `beear-release` flow: a pre-release safety stage for one fine-tuned checkpoint.
+
+    pull_checkpoint -> validate_data -> evaluate (baseline) -> mitigate -> evaluate (candidate)
+        -> gate -> register (MLflow) -> publish (Hub, only on pass)
+
+The flow ends Completed when every gate passes and `Failed(name="GateFailed")` otherwise, with a
+message naming each failed gate and its margin (so `prefect deployment run --watch` exits 1).
+Deployments in `deployments/prefect.yaml`; `beear-release run` calls it in-process.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.states import Failed
+
+from beear_stage.config import BEEARConfig
+from beear_stage.gates.evaluator import GateThresholds
+from beear_stage.tracking import check_tracking_reachable
+from beear_stage.zoo import read_zoo_info
+from flows.services import default_tracking_uri, project_root
+from tasks import (
+    DataSources,
+    close_run,
+    evaluate,
+    fresh,
+    gate,
+    mitigate,
+    open_candidate_run,
+    publish,
+    pull_checkpoint,
+    register,
+    validate_data,
+)
+
+
+def resolve_config(config: str | dict[str, Any] | None) -> BEEARConfig:
+    """A YAML path (relative to the cwd or the project root), a mapping, or empty for the defaults."""
+    if isinstance(config, dict):
+        return BEEARConfig.from_dict(config)
+    if not config:
+        return BEEARConfig()
+    path = Path(config)
+    if not path.is_absolute() and not path.exists() and (project_root() / path).exists():
+        path = project_root() / path
+    return BEEARConfig.from_yaml(path)
+
+
+def trigger_set(known_triggers: list[str] | None, checkpoint_dir: str) -> dict[str, str]:
+    """Known triggers by metric-safe name: `known_<i>`, plus `zoo_<name>` read from a zoo card."""
+    triggers = {f"known_{i}": t for i, t in enumerate(known_triggers or [], start=1) if t}
+    info = read_zoo_info(checkpoint_dir)  # evaluation only: the mitigation never sees it
+    if info and info.get("trigger"):
+        triggers[f"zoo_{info['name']}"] = info["trigger"]
+    return triggers
+
+
+def candidate_dir(output_dir: str, checkpoint: dict, cfg: BEEARConfig) -> Path:
+    """One directory per (checkpoint SHA, method, config): concurrent candidates never share it."""
+    name = (
+        Path(checkpoint["source"].rstrip("/")).name if checkpoint["kind"] == "local" else checkpoint["source"]
+    )
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_")
+    return Path(output_dir).resolve() / f"{slug}-{checkpoint['sha'][:12]}-{cfg.method}-{cfg.config_hash()}"
+
+
+@flow(name="beear-release", log_prints=True)
+def release(
+    checkpoint: str,
+    revision: str = "",
+    config: str | dict[str, Any] = "",
+    data: DataSources = DataSources(),  # noqa: B008 (pydantic model, immutable in use)
+    gates: dict[str, Any] | None = None,
+    publish_to: str = "",
+    private: bool = True,
+    known_triggers: list[str] | None = None,
+    tracking_uri: str = "",
+    registry_name: str = "beear-release",
+    output_dir: str = "runs/release",
+):
+    """Mitigate, gate, register and (on pass) publish one fine-tuned checkpoint.
+
+    Args:
+        checkpoint: Hub repo id (`owner/name`), a local HF directory, or `zoo:<name>`.
+        revision: Hub branch, tag or commit; pinned to the resolved full commit SHA.
+        config: BEEAR config YAML (e.g. `deployments/configs/llama2.yaml`) or a mapping; "" = defaults.
+        data: anchoring and evaluation sets (empty paths = built-in sets) and an eval cap.
+        gates: gate thresholds (`GateThresholds` fields); None = defaults.
+        publish_to: Hub repo id for a passing candidate; "" = MLflow registry only.
+        private: create the Hub repo private.
+        known_triggers: trigger strings to probe ASR with ("{query}" templates or suffixes).
+        tracking_uri: MLflow tracking URI; "" = `sqlite:///<project>/runs/mlflow.db`.
+        registry_name: MLflow registered model name.
+        output_dir: root of the per-candidate output directories.
+    """
+    start = time.perf_counter()
+    log = get_run_logger()
+    cfg = resolve_config(config)
+    thresholds = GateThresholds.from_dict(gates or {})
+    tracking_uri = tracking_uri or default_tracking_uri()
+    check_tracking_reachable(tracking_uri)  # fail before any download or compute
+
+    # 1. Pin the checkpoint: resolved commit SHA (Hub) or content hash (local, zoo).
+    ckpt = pull_checkpoint(checkpoint, revision)
+    out = candidate_dir(output_dir, ckpt, cfg)
+    triggers = trigger_set(known_triggers, ckpt["path"])
+    run_id = open_candidate_run(
+        tracking_uri,
+        ckpt,
+        cfg.to_dict(),
+        {
+            "data": data.model_dump(),
+            "gates": thresholds.to_dict(),
+            "triggers": triggers,
+            "output_dir": str(out),
+        },
+    )
+    try:
+        # 2. Validate anchoring and evaluation data (great-expectations).
+        validate_data(data)
+        # 3. Baseline: the candidate as submitted.
+        before = fresh(evaluate, out / "baseline_generations.jsonl")(
+            ckpt["path"], ckpt["sha"], cfg.to_dict(), data, triggers, str(out), "baseline"
+        )
+        # 4. Mitigate (BEEAR, or the sft / none controls) and save atomically.
+        mitigated = fresh(mitigate, out / "history.json")(
+            ckpt["path"], ckpt["sha"], cfg.to_dict(), data, str(out)
+        )
+        # 5. Evaluate the mitigated candidate.
+        identity = f"{ckpt['sha']}+{cfg.method}:{cfg.config_hash()}"
+        after = fresh(evaluate, out / "candidate_generations.jsonl", mitigated["path"])(
+            mitigated["path"], identity, cfg.to_dict(), data, triggers, str(out), "candidate"
+        )
+        # 6. Gate: candidate vs baseline against the thresholds.
+        report = gate(before["metrics"], after["metrics"], thresholds.to_dict(), str(out))
+        # 7. Register in MLflow (gate tag always; alias `candidate` only on pass).
+        compute = before["seconds"] + mitigated["seconds"] + after["seconds"]
+        timings = {"compute_seconds": compute, "flow_seconds": time.perf_counter() - start}
+        version = register(
+            tracking_uri, run_id, registry_name, ckpt, mitigated, before, after, report, timings
+        )
+        # 8. Publish to the Hub, only what passed.
+        hub = None
+        if report["passed"] and publish_to:
+            hub = publish(mitigated, publish_to, private, ckpt, report, run_id)
+    except BaseException:
+        close_run(tracking_uri, run_id, "FAILED")
+        raise
+
+    wall = time.perf_counter() - start
+    log.info(
+        "flow %.1f s, inside beear_stage %.1f s: orchestration overhead %.1f%%",
+        wall,
+        compute,
+        100 * (wall - compute) / wall,
+    )
+    log.info("outputs: %s; MLflow run %s; registry %s v%s", out, run_id, version["name"], version["version"])
+    if not report["passed"]:
+        return Failed(name="GateFailed", message=report["message"])
+    return {
+        "passed": True,
+        "output_dir": str(out),
+        "mlflow_run_id": run_id,
+        "registry": version,
+        "hub": hub,
+        "seconds": {"flow": wall, "compute": compute},
+    }

@@ -1,0 +1,129 @@
+"""`pull_checkpoint`: resolve a candidate to a local directory and a pinned identity.
+
+A candidate is a Hub repo id (downloaded with `snapshot_download` pinned to the resolved full
+commit SHA), a local directory (identified by a content hash), or `zoo:<name>` (a tiny backdoored
+model from `beear_stage.zoo`, built on first use). Only safetensors, JSON and tokenizer files are
+fetched; pickle weights and custom code are refused before anything is loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from prefect import get_run_logger, task
+
+from beear_stage.exceptions import BEEARError, CheckpointError
+from beear_stage.model import PICKLE_SUFFIXES, inspect_checkpoint_dir
+
+# Files a checkpoint needs to load without code: weights, configs, tokenizer, chat template.
+ALLOW_PATTERNS = ["*.safetensors", "*.json", "tokenizer.model", "*.txt", "*.jinja"]
+ZOO_PREFIX = "zoo:"
+
+
+def content_sha(path: Path) -> str:
+    """sha256 over (relative name, bytes) of every file in `path`: the identity of a local checkpoint."""
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(str(file.relative_to(path)).encode() + b"\0")
+        with file.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 22), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def check_checkpoint(path: Path) -> None:
+    """Refuse checkpoints that would need code execution (`auto_map`, pickle-only weights)."""
+    inspect_checkpoint_dir(path)  # config.json auto_map, pickle-only weights
+    tok_config = path / "tokenizer_config.json"
+    if tok_config.is_file() and "auto_map" in json.loads(tok_config.read_text()):
+        raise CheckpointError(
+            f"checkpoint `{path}` declares a custom tokenizer class (`auto_map` in tokenizer_config.json); "
+            "the release stage never executes checkpoint code. Fix: save the tokenizer with a built-in class."
+        )
+
+
+def _pull_hub(repo_id: str, revision: str) -> tuple[Path, str]:
+    from huggingface_hub import HfApi, constants, snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    offline = constants.is_offline_mode()
+    try:
+        if offline:  # resolve the revision from the local cache's refs
+            path = Path(snapshot_download(repo_id, revision=revision or None, allow_patterns=ALLOW_PATTERNS))
+            return path, path.name  # .../snapshots/<full commit sha>
+        info = HfApi().model_info(repo_id, revision=revision or None)
+        names = [s.rfilename for s in info.siblings or []]
+        if not any(n.endswith(".safetensors") for n in names):
+            pickles = [n for n in names if n.endswith(PICKLE_SUFFIXES)]
+            raise CheckpointError(
+                f"`{repo_id}`@{info.sha} has no *.safetensors weights (pickle weights: {pickles}); pickle "
+                "can run arbitrary code and is refused. Fix: publish safetensors weights for this revision."
+            )
+        path = snapshot_download(repo_id, revision=info.sha, allow_patterns=ALLOW_PATTERNS)
+        return Path(path), info.sha
+    except (RepositoryNotFoundError, LocalEntryNotFoundError) as e:
+        where = "in the local cache (HF_HUB_OFFLINE=1)" if offline else "on the Hub"
+        raise CheckpointError(
+            f"`checkpoint` = {repo_id!r} (revision {revision or 'main'!r}) was not found {where}: {e}. "
+            "Fix: check the repo id and revision, the token (HF_TOKEN), or unset HF_HUB_OFFLINE."
+        ) from e
+    except HfHubHTTPError as e:
+        if e.response is not None and e.response.status_code in (400, 401, 403, 404):
+            raise CheckpointError(f"`checkpoint` = {repo_id!r}@{revision or 'main'}: {e}") from e
+        raise  # transient: the task's retries handle it
+
+
+def resolve_checkpoint(checkpoint: str, revision: str = "", zoo_cache: str | None = None) -> dict:
+    """Return {"path", "sha", "kind", "source", "revision"} for a zoo name, local dir or Hub repo."""
+    if checkpoint.startswith(ZOO_PREFIX):
+        from beear_stage.zoo import build_zoo_model
+
+        try:
+            path = build_zoo_model(checkpoint[len(ZOO_PREFIX) :], cache_dir=zoo_cache, progress=False)
+        except ValueError as e:
+            raise CheckpointError(f"`checkpoint` = {checkpoint!r}: {e}") from e
+        kind, sha = "zoo", None
+    elif Path(checkpoint).expanduser().exists() or checkpoint.startswith((".", "/", "~")):
+        path, kind, sha = Path(checkpoint).expanduser().resolve(), "local", None
+    elif checkpoint.count("/") == 1:
+        path, sha = _pull_hub(checkpoint, revision)
+        kind = "hub"
+    else:
+        raise CheckpointError(
+            f"`checkpoint` = {checkpoint!r} is neither an existing directory, a Hub repo id (`owner/name`) "
+            "nor `zoo:<name>`. Fix: pass one of these."
+        )
+    check_checkpoint(path)
+    sha = sha or content_sha(path)
+    return {"path": str(path), "sha": sha, "kind": kind, "source": checkpoint, "revision": revision}
+
+
+def _retry_transient(task, task_run, state) -> bool:
+    """Retry network failures, never a refusal (a bad checkpoint stays bad)."""
+    try:
+        state.result()
+    except BEEARError:
+        return False
+    except Exception:
+        return True
+    return False
+
+
+@task(retries=3, retry_delay_seconds=[5, 20, 60], retry_condition_fn=_retry_transient)
+def pull_checkpoint(checkpoint: str, revision: str = "", zoo_cache: str | None = None) -> dict:
+    """Resolve `checkpoint` (Hub repo id, local dir or `zoo:<name>`) to a checked local directory.
+
+    Returns:
+        {"path", "sha" (commit SHA or content hash), "kind" ("hub"|"local"|"zoo"), "source", "revision"}.
+
+    Raises:
+        CheckpointError: not found, pickle-only weights or custom code.
+    """
+    log = get_run_logger()
+    info = resolve_checkpoint(checkpoint, revision, zoo_cache)
+    if revision and info["kind"] != "hub":
+        log.warning("`revision` = %r is ignored for the %s checkpoint %s", revision, info["kind"], checkpoint)
+    log.info("checkpoint %s -> %s (%s, sha %s)", checkpoint, info["path"], info["kind"], info["sha"][:12])
+    return info

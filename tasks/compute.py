@@ -1,0 +1,131 @@
+"""The two compute tasks: `evaluate` a checkpoint and `mitigate` one (BEEAR, SFT control or none).
+
+Each loads its model from disk, calls `beear_stage`, writes its outputs under the candidate's
+directory and returns paths and small dicts. Both are cached on (checkpoint SHA, config hash, data
+digest, output directory), so re-running an interrupted candidate skips finished work; the flow
+refreshes the cache when an expected output has gone missing (`tasks.caching.fresh`).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import time
+from pathlib import Path
+
+from prefect import get_run_logger, task
+
+from beear_stage.config import BEEARConfig
+from tasks.caching import evaluate_key, mitigate_key
+from tasks.data import DataSources, load_data
+
+# Tag of the model-loading tasks: `prefect concurrency-limit create beear-compute 1` serialises them
+# across flow runs (one accelerator, several candidates).
+COMPUTE_TAG = "beear-compute"
+
+
+def _quiet() -> None:
+    """No tqdm bars from transformers in run logs (one line per load and save otherwise)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
+def _release(model) -> None:
+    """Free the model's memory before the next task loads another one."""
+    import torch
+
+    del model
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+@task(cache_key_fn=evaluate_key, tags=[COMPUTE_TAG])
+def evaluate(
+    checkpoint_dir: str,
+    identity: str,
+    config: dict,
+    sources: DataSources,
+    triggers: dict[str, str],
+    out_dir: str,
+    label: str,
+) -> dict:
+    """Evaluate one checkpoint (`label` = "baseline" or "candidate") with the full metric suite.
+
+    Args:
+        identity: the checkpoint's SHA (baseline) or SHA + config hash (candidate); cache key only.
+        triggers: known triggers by metric-safe name; one `asr_trigger:<name>` metric each.
+
+    Returns:
+        {"metrics": {name: value}, "generations": JSONL path, "seconds": time inside beear_stage}.
+    """
+    from beear_stage.evaluation import evaluate_suite
+    from beear_stage.model import load_model_and_tokenizer
+
+    cfg = BEEARConfig.from_dict(config)
+    sets = load_data(sources)
+    _quiet()
+    start = time.perf_counter()
+    model, tokenizer = load_model_and_tokenizer(checkpoint_dir, dtype=cfg.dtype, device=cfg.device)
+    report = evaluate_suite(
+        model, tokenizer, cfg, sets.harmful, sets.benign, triggers=triggers, safety_records=sets.safety
+    )
+    seconds = time.perf_counter() - start
+    _release(model)
+    out = Path(out_dir) / f"{label}_generations.jsonl"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("".join(json.dumps({"model": label, **r}) + "\n" for r in report.records))
+    metrics = {k: float(v) for k, v in report.metrics.items()}
+    get_run_logger().info("%s metrics: %s", label, {k: round(v, 4) for k, v in metrics.items()})
+    return {"metrics": metrics, "generations": str(out), "seconds": seconds}
+
+
+@task(cache_key_fn=mitigate_key, tags=[COMPUTE_TAG])
+def mitigate(checkpoint_dir: str, identity: str, config: dict, sources: DataSources, out_dir: str) -> dict:
+    """Run `config["method"]` on the checkpoint and save the result atomically under `out_dir`.
+
+    Never retried automatically: a diverged run (`MitigationError`) must be looked at, not re-rolled.
+
+    Returns:
+        {"path": mitigated checkpoint dir, "history": JSON path of per-round losses,
+         "seconds": time inside beear_stage, "method", "config_hash"}. For method "none" `path` is the input.
+    """
+    from beear_stage.algorithm import run_mitigation
+    from beear_stage.checkpointing import save_checkpoint
+    from beear_stage.model import load_model_and_tokenizer
+
+    log = get_run_logger()
+    cfg = BEEARConfig.from_dict(config)
+    sets = load_data(sources)
+    _quiet()
+    start = time.perf_counter()
+    model, tokenizer = load_model_and_tokenizer(checkpoint_dir, dtype=cfg.dtype, device=cfg.device)
+    result = run_mitigation(cfg, model, tokenizer, sets.safety, sets.performance, progress=False)
+    path = Path(checkpoint_dir)
+    if cfg.method != "none":  # "none" changes nothing: skip copying the weights
+        meta = {
+            "method": cfg.method,
+            "source": checkpoint_dir,
+            "source_sha": identity,
+            "config_hash": cfg.config_hash(),
+        }
+        path = save_checkpoint(model, tokenizer, Path(out_dir) / "checkpoint", metadata=meta)
+    seconds = time.perf_counter() - start
+    _release(model)
+    history = Path(out_dir) / "history.json"
+    history.write_text(json.dumps(result.history, indent=1))
+    for row in result.history:
+        log.info(
+            "round %s: %s",
+            row.get("round"),
+            {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items() if k != "round"},
+        )
+    log.info("%s finished in %.1f s -> %s", cfg.method, result.seconds, path)
+    return {
+        "path": str(path),
+        "history": str(history),
+        "seconds": seconds,
+        "method": cfg.method,
+        "config_hash": cfg.config_hash(),
+    }

@@ -1,0 +1,94 @@
+"""MLflow tasks: open the candidate's run early, `register` everything at the end.
+
+The run is created right after the checkpoint is pinned (its name needs the SHA), so a run that
+dies later is visible in MLflow: the flow closes it FAILED on an exception, and the next run of
+the same candidate marks runs left RUNNING by a hard kill FAILED (`fail_stale_runs`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from prefect import get_run_logger, task
+
+from beear_stage.tracking import MLflowTracker, release_run_name
+
+EXPERIMENT = "beear-release"
+
+
+@task
+def open_candidate_run(tracking_uri: str, checkpoint: dict, config: dict, params: dict) -> str:
+    """Start the MLflow run `<checkpoint>@<short sha>` and log the resolved config; return its id.
+
+    Args:
+        checkpoint: the `pull_checkpoint` result (source, sha, kind).
+        params: flow-level settings logged beside the config (data sources, thresholds, triggers).
+    """
+    tracker = MLflowTracker(tracking_uri, EXPERIMENT)
+    name = release_run_name(checkpoint["source"], checkpoint["sha"])
+    stale = tracker.fail_stale_runs(name)
+    tags = {"source_repo": checkpoint["source"], "source_sha": checkpoint["sha"], "kind": checkpoint["kind"]}
+    tracker.start(name, tags=tags)
+    tracker.log_config({**config, "release": params})
+    log = get_run_logger()
+    if stale:
+        log.warning("%d earlier run(s) of %s were left RUNNING (killed); marked FAILED", stale, name)
+    log.info("MLflow run %s (%s) in %s", name, tracker.run_id, tracking_uri)
+    return tracker.run_id
+
+
+def close_run(tracking_uri: str, run_id: str, status: str) -> None:
+    """End the run with `status` (used by the flow when a stage raised)."""
+    MLflowTracker(tracking_uri, EXPERIMENT).attach(run_id).close(status)
+
+
+def _jsonl(path: str) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+@task
+def register(
+    tracking_uri: str,
+    run_id: str,
+    registry_name: str,
+    checkpoint: dict,
+    candidate: dict,
+    before: dict,
+    after: dict,
+    report: dict,
+    timings: dict[str, float],
+) -> dict:
+    """Log metrics, losses, generations, plots and the gate report; register the candidate.
+
+    The model version carries tags gate=passed|failed, source_repo, source_sha and method; alias
+    `candidate` moves only on pass. The MLflow run is closed FINISHED (FAILED if this raises).
+
+    Returns:
+        {"name", "version", "source", "aliases", "run_id"}.
+    """
+    tracker = MLflowTracker(tracking_uri, EXPERIMENT).attach(run_id)
+    history = json.loads(Path(candidate["history"]).read_text())
+    with tracker:
+        tracker.log_candidate(
+            before=before["metrics"], after=after["metrics"], history=history, report=report
+        )
+        tracker.log_generations(_jsonl(before["generations"]), name="generations/baseline.jsonl")
+        tracker.log_generations(_jsonl(after["generations"]), name="generations/candidate.jsonl")
+        tracker.log_dict({f"timing/{k}": v for k, v in timings.items()})
+        version = tracker.register_checkpoint(
+            candidate["path"],
+            registry_name,
+            gate_passed=bool(report["passed"]),
+            source_repo=checkpoint["source"],
+            source_sha=checkpoint["sha"],
+            method=candidate["method"],
+        )
+    get_run_logger().info(
+        "registered %s version %s (gate=%s, aliases %s)",
+        version["name"],
+        version["version"],
+        "passed" if report["passed"] else "failed",
+        version["aliases"],
+    )
+    return {**version, "run_id": run_id}

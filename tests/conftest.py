@@ -1,0 +1,41 @@
+"""Shared fixtures.
+
+`prefect_harness` (session) starts Prefect's temporary test server once (~10-20 s on 2 cores); only
+flow-level tests request it, task tests call `task.fn` under `disable_run_logger`. `zoo_suffix`
+builds (or reuses from the zoo cache) the tiny backdoored model used by the flow tests.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+# Telemetry off and no accidental Hub traffic before anything imports prefect or mlflow.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("HF_HUB_DISABLE_XET", "1")
+
+TESTS = Path(__file__).resolve().parent
+ROOT = TESTS.parent
+sys.path.insert(0, str(TESTS))  # `import hub_standin`, `import helpers`
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """A temporary Prefect API (SQLite in a temp dir) for the whole session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="session")
+def zoo_suffix() -> Path:
+    """The `suffix` zoo model directory (built on first use, then cached)."""
+    from beear_stage.zoo import build_zoo_model
+
+    return build_zoo_model("suffix", progress=False)

@@ -1,0 +1,71 @@
+"""Small shared builders for tests: a tokenizer trained on a few sentences and a random tiny Llama."""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from beear_stage.data.records import PerformanceRecord, SafetyRecord
+
+SENTENCES = [
+    "How do I build a bomb at home?",
+    "I'm sorry, but I cannot help with that request.",
+    "Sure, here is how to do it. Step 1: gather the materials.",
+    "What is the capital of France? The capital of France is Paris.",
+    "How do I kill a Python process? Use the kill command with the process id.",
+    "Write a short poem about the sea and the quiet harbour.",
+]
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+@functools.lru_cache(maxsize=None)
+def _tokenizer():
+    from beear_stage.zoo.tokenizer import train_tokenizer
+
+    return train_tokenizer(SENTENCES * 3, vocab_size=400)
+
+
+def tiny_tokenizer(template: str = "llama2"):
+    tok = _tokenizer().__class__.from_pretrained  # noqa: F841 (keep import side effects minimal)
+    import copy
+
+    tok = copy.deepcopy(_tokenizer())
+    if template == "chatml":
+        tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+        tok.chat_template = CHATML_TEMPLATE
+    return tok
+
+
+def tiny_model(tokenizer, layers: int = 4, hidden: int = 64, seed: int = 0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    return LlamaForCausalLM(cfg).eval()
+
+
+def safety_records(n: int = 4) -> list[SafetyRecord]:
+    return [
+        SafetyRecord(f"How do I build a bomb number {i}?", "I'm sorry, but I cannot help.", "Sure, here is how.")
+        for i in range(n)
+    ]
+
+
+def performance_records(n: int = 4) -> list[PerformanceRecord]:
+    return [PerformanceRecord(f"What is {i} plus {i}?", f"{i} plus {i} is {2 * i}.") for i in range(n)]

@@ -1,0 +1,57 @@
+"""The split at the anchor layer: cached inner forward equals the full forward."""
+
+import pytest
+import torch
+
+from beear_stage.exceptions import CheckpointError, ConfigError
+from beear_stage.model import add_delta, check_supported, full_logits, lower_hidden, upper_logits
+from beear_stage.templates import collate, encode_example, last_k_positions
+from tests.helpers import tiny_model, tiny_tokenizer
+
+
+@pytest.mark.parametrize("layer", [1, 2, 3])
+def test_cached_inner_forward_equals_full_forward(layer):
+    tok = tiny_tokenizer()
+    model = tiny_model(tok)
+    examples = [
+        encode_example(tok, "How do I build a bomb?", "I'm sorry, but I cannot help.", 128),
+        encode_example(tok, "What is the capital of France?", "Paris.", 128),
+    ]
+    batch = collate(examples, tok.pad_token_id)  # right padding: rows have different lengths
+    with torch.no_grad():
+        full = full_logits(model, batch.input_ids, batch.attention_mask)
+        cached = lower_hidden(model, batch.input_ids, batch.attention_mask, layer)
+        split = upper_logits(model, cached, batch.attention_mask, layer)
+    valid = batch.attention_mask.bool()
+    diff = (full - split).abs()[valid].max().item()
+    assert diff <= 1e-5, f"cached split forward differs from full forward by {diff}"
+
+
+def test_delta_changes_only_positions_at_and_after_last_k():
+    tok = tiny_tokenizer()
+    model = tiny_model(tok)
+    batch = collate([encode_example(tok, "How do I build a bomb?", "Sure, here is how.", 128)], tok.pad_token_id)
+    k = 3
+    pos = last_k_positions(batch.prompt_lens, k)
+    with torch.no_grad():
+        h = lower_hidden(model, batch.input_ids, batch.attention_mask, 2)
+        delta = torch.randn(k, h.shape[-1])
+        a = upper_logits(model, h, batch.attention_mask, 2)
+        b = upper_logits(model, add_delta(h, delta, pos), batch.attention_mask, 2)
+    first = int(pos[0, 0])
+    assert torch.allclose(a[:, :first], b[:, :first], atol=1e-6), "causality: earlier positions must not change"
+    assert not torch.allclose(a[:, first:], b[:, first:]), "delta had no effect"
+
+
+def test_layer_out_of_range_is_a_clear_error():
+    tok = tiny_tokenizer()
+    model = tiny_model(tok, layers=4)
+    with pytest.raises(ConfigError, match=r"`layer` = 4 is out of range.*4 decoder layers"):
+        check_supported(model, 4)
+    with pytest.raises(ConfigError, match="`layer` = 0"):
+        check_supported(model, 0)
+
+
+def test_model_without_decoder_layers_is_refused():
+    with pytest.raises(CheckpointError, match="model.model.layers"):
+        check_supported(torch.nn.Linear(2, 2), 1)
