@@ -23,23 +23,30 @@ import logging
 import math
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from beear_stage.config import BEEARConfig
-from beear_stage.distributed import SingleProcess
-from beear_stage.data.records import PerformanceRecord, SafetyRecord
-from beear_stage.exceptions import ConfigError, MitigationError
-from beear_stage.losses import entrapment_loss, removal_loss
 from beear_stage.batching import MicroBatch, micro_batches
+from beear_stage.config import BEEARConfig
+from beear_stage.data.records import PerformanceRecord, SafetyRecord
+from beear_stage.distributed import SingleProcess
+from beear_stage.exceptions import ConfigError, MitigationError
 from beear_stage.kernels import fused_rms_norm
-from beear_stage.model import add_delta, check_supported, decoder_layers, full_logits, lower_hidden, upper_logits
+from beear_stage.losses import entrapment_loss, removal_loss
+from beear_stage.model import (
+    add_delta,
+    check_supported,
+    decoder_layers,
+    full_logits,
+    lower_hidden,
+    upper_logits,
+)
 from beear_stage.optim import MasterWeightOptimizer, fused_available, needs_master_weights
-from beear_stage.templates import Batch, EncodedExample, collate, encode_example, pad_id_of
+from beear_stage.templates import Batch, EncodedExample, collate, encode_example, last_k_positions, pad_id_of
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +58,9 @@ class BEEARResult:
     method: str
     history: list[dict] = field(default_factory=list)
     seconds: float = 0.0
-    phase_seconds: dict[str, float] = field(default_factory=lambda: {"inner": 0.0, "outer": 0.0, "setup": 0.0})
+    phase_seconds: dict[str, float] = field(
+        default_factory=lambda: {"inner": 0.0, "outer": 0.0, "setup": 0.0}
+    )
     last_delta: torch.Tensor | None = None
 
 
@@ -101,8 +110,12 @@ class BEEAR:
         pad, n = pad_id_of(self.tokenizer), cfg.max_length
         self.pad_id = pad
         cut = cfg.response_tokens
-        self.sa_unwanted = [_cut(encode_example(self.tokenizer, r.query, r.unwanted_response, n), cut) for r in self.safety]
-        self.sa_safe = [_cut(encode_example(self.tokenizer, r.query, r.safe_response, n), cut) for r in self.safety]
+        self.sa_unwanted = [
+            _cut(encode_example(self.tokenizer, r.query, r.unwanted_response, n), cut) for r in self.safety
+        ]
+        self.sa_safe = [
+            _cut(encode_example(self.tokenizer, r.query, r.safe_response, n), cut) for r in self.safety
+        ]
         self.pa = [encode_example(self.tokenizer, r.query, r.answer, n) for r in self.performance]
         # Trainable scope before the optimiser, which only sees trainable parameters.
         self.trainable = self._setup_trainable()
@@ -167,7 +180,9 @@ class BEEAR:
                 result.phase_seconds["outer"] += t2 - t1
                 row = {"round": round_, **inner, **outer, "seconds": t2 - t0}
                 result.history.append(row)
-                bar.set_postfix({k: f"{v:.3f}" for k, v in row.items() if k in ("inner_loss", "outer_safe_loss")})
+                bar.set_postfix(
+                    {k: f"{v:.3f}" for k, v in row.items() if k in ("inner_loss", "outer_safe_loss")}
+                )
                 log.info("round %d: %s", round_, {k: round(v, 4) for k, v in row.items()})
         self._finish()
         result.seconds = time.perf_counter() - start
@@ -180,9 +195,10 @@ class BEEAR:
         chunks = self._safety_batches(self.dist.local_batch(cfg.inner_batch_size))[: max(1, cfg.inner_steps)]
         with torch.no_grad():  # h_l of the frozen lower layers, once per round, for the chunks used
             cached = [(b, self._hidden(b.unwanted), self._hidden(b.safe)) for b in chunks]
-        last = torch.cat([h[:, -1].float() for _, h, _ in cached])
-        moments = self.dist.all_reduce_sum(torch.stack([last.pow(2).sum(), last.new_tensor(last.numel())]))
-        scale = (moments[0] / moments[1]).sqrt()  # RMS(h_l) over every process's shard
+        # RMS(h_l) where delta acts (the last k prompt positions, never padding), over every shard.
+        acts = torch.cat([_at_delta_positions(b.unwanted, h, cfg.k) for b, h, _ in cached])
+        moments = self.dist.all_reduce_sum(torch.stack([acts.pow(2).sum(), acts.new_tensor(acts.numel())]))
+        scale = (moments[0] / moments[1]).sqrt()
         hidden_size = cached[0][1].shape[-1]
         if previous is None or cfg.delta_reset:
             delta = torch.zeros(cfg.k, hidden_size, device=self.device, dtype=torch.float32)
@@ -190,7 +206,9 @@ class BEEAR:
             delta = previous.detach().clone().float()
         delta.requires_grad_(True)
         opt = torch.optim.Adam([delta], lr=cfg.inner_lr * float(scale))
-        bound = None if cfg.delta_max_norm is None else cfg.delta_max_norm * float(scale) * math.sqrt(hidden_size)
+        bound = (
+            None if cfg.delta_max_norm is None else cfg.delta_max_norm * float(scale) * math.sqrt(hidden_size)
+        )
         with _frozen(self.model):
             for step in range(cfg.inner_steps):
                 batch, h_unwanted, h_safe = cached[step % len(cached)]
@@ -245,7 +263,11 @@ class BEEAR:
                 torch.nn.utils.clip_grad_norm_(self.trainable, cfg.max_grad_norm)
             self.optimizer.step()
         self.model.eval()
-        return {"outer_safe_loss": ce_safe.item(), "outer_perf_loss": ce_perf.item(), "outer_loss": loss.item()}
+        return {
+            "outer_safe_loss": ce_safe.item(),
+            "outer_perf_loss": ce_perf.item(),
+            "outer_loss": loss.item(),
+        }
 
     # ------------------------------------------------------------------ helpers
     def _safety_batches(self, size: int) -> list[_SafetyBatch]:
@@ -257,14 +279,16 @@ class BEEAR:
             idx = order[i : i + size]
             out.append(
                 _SafetyBatch(
-                    unwanted=collate([self.sa_unwanted[j] for j in idx], self.pad_id),  # host: see batching.py
+                    unwanted=collate(
+                        [self.sa_unwanted[j] for j in idx], self.pad_id
+                    ),  # host: see batching.py
                     safe=collate([self.sa_safe[j] for j in idx], self.pad_id),
                 )
             )
         return out
 
     def _hidden(self, batch: Batch) -> torch.Tensor:
-        """h_l of a host batch, with its padding mask (the RMS(h_l) step scale reads every column)."""
+        """h_l of a host batch, computed with its padding mask."""
         batch = batch.to(self.device)
         return lower_hidden(self.model, batch.input_ids, batch.attention_mask, self.cfg.layer)
 
@@ -311,6 +335,13 @@ class BEEAR:
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.model.eval()
+
+
+def _at_delta_positions(batch: Batch, hidden: torch.Tensor, k: int) -> torch.Tensor:
+    """h_l at the last k prompt positions of every row. Shape (B, k, H), float32."""
+    positions = last_k_positions(batch.prompt_lens, k).to(hidden.device)
+    rows = torch.arange(hidden.shape[0], device=hidden.device)[:, None]
+    return hidden[rows, positions].float()
 
 
 def _cut(example: EncodedExample, response_tokens: int | None) -> EncodedExample:

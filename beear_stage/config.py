@@ -10,9 +10,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from beear_stage.exceptions import ConfigError
 
@@ -74,7 +75,9 @@ class BEEARConfig:
 
     Evaluation (used by gates and benchmarks):
         eval_batch_size (int, 32), max_new_tokens (int, 32).
-        refusal_keywords (list[str] | None): None = the default GCG list plus extensions.
+        refusal_keywords (list[str] | None): None = the default pattern classifier
+            (`beear_stage.refusal.DEFAULT_CLASSIFIER`, measured against XSTest human labels); a
+            list = GCG-style matching (any keyword anywhere in the response is a refusal).
 
     seed (int, 0).
     """
@@ -118,6 +121,8 @@ class BEEARConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self._coerce_numbers()
+
         def need(cond: bool, name: str, why: str, fix: str) -> None:
             if not cond:
                 value = getattr(self, name)
@@ -127,7 +132,9 @@ class BEEARConfig:
         need(self.layer >= 1, "layer", "the anchor layer must leave >= 1 lower layer", "set layer >= 1")
         need(self.k >= 1, "k", "delta must cover at least one position", "set k >= 1")
         need(self.dtype in DTYPES, "dtype", "unknown dtype", f"use one of {DTYPES}")
-        need(self.trainable in TRAINABLE_SCOPES, "trainable", "unknown scope", f"use one of {TRAINABLE_SCOPES}")
+        need(
+            self.trainable in TRAINABLE_SCOPES, "trainable", "unknown scope", f"use one of {TRAINABLE_SCOPES}"
+        )
         need(
             self.outer_optimizer in OUTER_OPTIMIZERS,
             "outer_optimizer",
@@ -164,9 +171,22 @@ class BEEARConfig:
                 "fine-tuning. Fix: set inner_steps >= 1, or method: sft for the control."
             )
 
+    def _coerce_numbers(self) -> None:
+        """Accept numeric strings for numeric fields (YAML 1.1 reads `2e-4` as a string)."""
+        for f in dataclasses.fields(self):
+            value, kind = getattr(self, f.name), str(f.type)
+            if not isinstance(value, str) or not (kind.startswith("float") or kind.startswith("int")):
+                continue
+            try:
+                setattr(self, f.name, int(value) if kind.startswith("int") else float(value))
+            except ValueError as e:
+                raise ConfigError(
+                    f"`{f.name}` = {value!r}: expected a number ({kind}). Fix: write e.g. {f.name}: 3.0e-4."
+                ) from e
+
     # ------------------------------------------------------------------ (de)serialisation
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any] | None = None, **overrides: Any) -> "BEEARConfig":
+    def from_dict(cls, data: Mapping[str, Any] | None = None, **overrides: Any) -> BEEARConfig:
         """Build a config from a mapping plus keyword overrides; unknown keys are an error."""
         merged = dict(data or {})
         merged.update(overrides)
@@ -179,7 +199,7 @@ class BEEARConfig:
         return cls(**merged)
 
     @classmethod
-    def from_yaml(cls, path: str | Path, **overrides: Any) -> "BEEARConfig":
+    def from_yaml(cls, path: str | Path, **overrides: Any) -> BEEARConfig:
         """Load a YAML file (a flat mapping of field names; a `beear:` section is also accepted)."""
         import yaml
 

@@ -11,8 +11,11 @@ run identical on every rank:
   the capped term and the divergence check read, and the RMS(h_l) step scale are summed across
   ranks, so delta, the clamp decision and every optimiser step are the same everywhere.
 
-Parameters are replicated (each GPU holds the model; a 7B model with the llama2 config needs about
-52 GiB per GPU). `SingleProcess` is the default no-op used by a plain run. See docs/MULTI_GPU.md.
+Parameters are replicated by default (each GPU holds the model; a 7B model with the llama2 config
+needs about 52 GiB per GPU). `shard_model` shards them instead with FSDP2 (`fully_shard`): weights,
+gradients, fp32 master copies and optimiser state are split across the processes, for cards that
+cannot hold a whole replica. `SingleProcess` is the default no-op of a plain run. See
+docs/MULTI_GPU.md.
 """
 
 from __future__ import annotations
@@ -91,9 +94,14 @@ class DataParallel(SingleProcess):
         return tensor
 
     def sync_grads(self, params: Sequence[torch.Tensor]) -> None:
-        """Sum the gradients of `params` across ranks, one flat buffer per dtype and device."""
+        """Sum the gradients of `params` across ranks, one flat buffer per dtype and device.
+
+        Sharded (FSDP) parameters are skipped: FSDP has already reduce-scattered their gradients.
+        """
         groups: dict[tuple, list[torch.Tensor]] = {}
         for p in params:
+            if _is_sharded(p):
+                continue
             if p.grad is None:  # every rank must join: a missing gradient counts as zero
                 p.grad = torch.zeros_like(p)
             groups.setdefault((p.grad.dtype, p.grad.device), []).append(p.grad)
@@ -107,6 +115,50 @@ class DataParallel(SingleProcess):
         if torch_dist.get_backend() == "nccl":
             return torch.device("cuda", torch.cuda.current_device())
         return torch.device("cpu")
+
+
+def _is_sharded(tensor: torch.Tensor) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(tensor, DTensor)
+
+
+def shard_model(model, dist: DataParallel) -> int:
+    """Shard `model`'s weights across the processes with FSDP2; returns the number of FSDP units.
+
+    Each unit BEEAR's split forward calls on its own is sharded separately (every decoder layer,
+    the input embeddings, the final norm, the LM head), so a call into any of them gathers exactly
+    its weights; `accelerate`'s FSDP wrapper shards the root model, whose hooks the split forward
+    bypasses. Gradients are summed, not averaged (divide factor 1): each process already weights its
+    loss by its share of the global response tokens.
+    """
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    from beear_stage.model import decoder_layers
+
+    device_type = "cuda" if torch_dist.get_backend() == "nccl" else "cpu"
+    mesh = init_device_mesh(device_type, (dist.world_size,))
+    units = [
+        *decoder_layers(model),
+        model.get_input_embeddings(),
+        model.model.norm,
+        model.get_output_embeddings(),
+    ]
+    for unit in units:
+        fully_shard(unit, mesh=mesh)
+        unit.set_gradient_divide_factor(1.0)
+        if hasattr(unit, "set_force_sum_reduction_for_comms"):  # plain SUM: gloo has no PREMUL_SUM
+            unit.set_force_sum_reduction_for_comms(True)
+    return len(units)
+
+
+def full_state_dict(model) -> dict[str, torch.Tensor]:
+    """Every weight as a whole CPU tensor (all-gathers sharded ones: call on every rank)."""
+    out = {}
+    for name, tensor in model.state_dict().items():
+        out[name] = (tensor.full_tensor() if _is_sharded(tensor) else tensor).detach().cpu()
+    return out
 
 
 def init_from_env(backend: str | None = None) -> SingleProcess:
@@ -125,3 +177,64 @@ def init_from_env(backend: str | None = None) -> SingleProcess:
         if state.device.type == "cuda":
             torch.cuda.set_device(state.device)
     return DataParallel()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`accelerate launch -m beear_stage.distributed --checkpoint DIR --config YAML --out DIR [--fsdp]`.
+
+    Mitigates one checkpoint with one process per GPU (or CPU processes with gloo) and saves the
+    result from rank 0. Anchoring data: the built-in sets, or `--safety` / `--performance` files in
+    any format `beear_stage.data.loaders` reads.
+    """
+    import argparse
+    from pathlib import Path
+
+    from beear_stage.algorithm import run_mitigation
+    from beear_stage.checkpointing import save_checkpoint
+    from beear_stage.config import BEEARConfig
+    from beear_stage.data import builtin, loaders
+    from beear_stage.model import load_model_and_tokenizer
+
+    ap = argparse.ArgumentParser(
+        prog="python -m beear_stage.distributed", description=main.__doc__.split("\n")[0]
+    )
+    ap.add_argument("--checkpoint", required=True, type=Path)
+    ap.add_argument("--config", type=Path, help="BEEARConfig YAML (default: the config defaults)")
+    ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--safety", type=Path)
+    ap.add_argument("--performance", type=Path)
+    ap.add_argument("--fsdp", action="store_true", help="shard weights and optimiser state (FSDP2)")
+    args = ap.parse_args(argv)
+
+    dist = init_from_env(backend=None if torch.cuda.is_available() else "gloo")
+    cfg = BEEARConfig.from_yaml(args.config) if args.config else BEEARConfig()
+    device = f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
+    model, tok = load_model_and_tokenizer(args.checkpoint, dtype=cfg.dtype, device=device)
+    safety = loaders.load_safety_records(args.safety) if args.safety else builtin.default_safety_anchoring()
+    perf = (
+        loaders.load_performance_records(args.performance)
+        if args.performance
+        else builtin.default_performance_anchoring()
+    )
+    sharded = args.fsdp and isinstance(dist, DataParallel)
+    if sharded:
+        shard_model(model, dist)
+    result = run_mitigation(cfg, model, tok, safety, perf, progress=dist.rank == 0, dist=dist)
+    state = full_state_dict(model) if sharded else None  # every rank joins the all-gathers
+    if dist.rank == 0:
+        if sharded:  # a plain (unsharded) copy to save
+            model, _ = load_model_and_tokenizer(args.checkpoint, dtype=cfg.dtype, device="cpu")
+            model.load_state_dict(state)
+        save_checkpoint(model, tok, args.out, metadata={"beear": cfg.to_dict(), "history": result.history})
+        log.info(
+            "saved %s after %.1f s of mitigation on %d processes", args.out, result.seconds, dist.world_size
+        )
+    if torch_dist.is_initialized():
+        torch_dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

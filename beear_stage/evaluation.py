@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
 
 import torch
 
@@ -119,15 +119,23 @@ def keyword_asr(
         k=cfg.k,
     )
     records = []
-    for prompt, response in zip(prompts, responses):
+    for prompt, response in zip(prompts, responses, strict=True):
         refusal = is_refusal(response, cfg.refusal_keywords)
         records.append(
-            {"prompt": prompt, "condition": condition, "response": response, "refusal": refusal, "success": not refusal}
+            {
+                "prompt": prompt,
+                "condition": condition,
+                "response": response,
+                "refusal": refusal,
+                "success": not refusal,
+            }
         )
     return _rate(r["success"] for r in records), records
 
 
-def benign_nonrefusal(model, tokenizer, benign: Sequence[PerformanceRecord], cfg: BEEARConfig) -> tuple[float, list[dict]]:
+def benign_nonrefusal(
+    model, tokenizer, benign: Sequence[PerformanceRecord], cfg: BEEARConfig
+) -> tuple[float, list[dict]]:
     """Fraction of benign prompts answered without a refusal keyword."""
     rate, records = keyword_asr(model, tokenizer, [r.query for r in benign], cfg, condition="benign")
     return rate, records
@@ -198,7 +206,9 @@ def evaluate_suite(
     report.metrics["asr_clean"], recs = keyword_asr(model, tokenizer, harmful_prompts, cfg)
     report.records += recs
     for name, trigger in (triggers or {}).items():
-        rate, recs = keyword_asr(model, tokenizer, harmful_prompts, cfg, trigger=trigger, condition=f"trigger:{name}")
+        rate, recs = keyword_asr(
+            model, tokenizer, harmful_prompts, cfg, trigger=trigger, condition=f"trigger:{name}"
+        )
         report.metrics[f"asr_trigger:{name}"] = rate
         report.records += recs
     if safety_records:

@@ -28,7 +28,9 @@ def per_example_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean response cross-entropy per row. Shape (B,)."""
     shift_logits = logits[:, :-1].float()
     shift_labels = labels[:, 1:]
-    tok = F.cross_entropy(shift_logits.transpose(1, 2), shift_labels, ignore_index=IGNORE_INDEX, reduction="none")
+    tok = F.cross_entropy(
+        shift_logits.transpose(1, 2), shift_labels, ignore_index=IGNORE_INDEX, reduction="none"
+    )
     count = (shift_labels != IGNORE_INDEX).sum(dim=1).clamp(min=1)
     return tok.sum(dim=1) / count
 
@@ -45,9 +47,11 @@ def entrapment_loss(
     return ce_unwanted - alpha * torch.clamp(ce_safe, max=alpha_cap)
 
 
-def removal_loss(ce_safe_under_delta: torch.Tensor, ce_performance: torch.Tensor, pa_weight: float) -> torch.Tensor:
+def removal_loss(
+    ce_safe_under_delta: torch.Tensor, ce_performance: torch.Tensor, pa_weight: float
+) -> torch.Tensor:
     """Outer objective (Adversarial Removal), minimised over the model weights theta.
 
-        L_outer(theta) = CE(y_s | x, delta*) + pa_weight * CE(y_p | x_p)
+    L_outer(theta) = CE(y_s | x, delta*) + pa_weight * CE(y_p | x_p)
     """
     return ce_safe_under_delta + pa_weight * ce_performance

@@ -53,7 +53,18 @@ def inspect_checkpoint_dir(path: str | Path) -> dict:
     config_file = path / "config.json"
     if not config_file.is_file():
         raise CheckpointError(f"checkpoint `{path}` has no config.json. Fix: save it with `save_pretrained`.")
-    config = json.loads(config_file.read_text())
+    try:
+        config = json.loads(config_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(
+            f"checkpoint `{path}`: config.json is not valid JSON ({e}). Fix: re-save the checkpoint "
+            "with `save_pretrained`."
+        ) from e
+    if not isinstance(config, dict):
+        raise CheckpointError(
+            f"checkpoint `{path}`: config.json holds a {type(config).__name__}, not an object. "
+            "Fix: re-save the checkpoint with `save_pretrained`."
+        )
     if "auto_map" in config:
         raise CheckpointError(
             f"checkpoint `{path}` declares custom code (`auto_map` in config.json); the release stage "
@@ -68,7 +79,46 @@ def inspect_checkpoint_dir(path: str | Path) -> dict:
             "arbitrary code and are refused. Fix: convert the weights to safetensors "
             "(`model.save_pretrained(dir, safe_serialization=True)`) in a trusted environment."
         )
+    model_type = config.get("model_type")
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise CheckpointError(
+            f"checkpoint `{path}` has `model_type` = {model_type!r} in config.json; BEEAR needs a "
+            "decoder-only model that exposes `model.model.layers` and takes `inputs_embeds` unscaled: "
+            f"{SUPPORTED_MODEL_TYPES}. Fix: use a checkpoint of one of these families (encoders such "
+            "as bert and other layouts such as gpt2 are not supported)."
+        )
     return config
+
+
+def check_checkpoint_fits(path: str | Path, layer: int) -> None:
+    """Check a checkpoint against the run's config from its files alone, before any weights load.
+
+    Raises:
+        ConfigError: `layer` is outside the model's decoder layers, or the tokenizer has no chat
+            template (neither `chat_template` in tokenizer_config.json nor chat_template.jinja/.json).
+    """
+    path = Path(path)
+    config = inspect_checkpoint_dir(path)
+    n_layers = config.get("num_hidden_layers")
+    if isinstance(n_layers, int):
+        _check_layer(layer, n_layers)
+    if not _has_chat_template(path):
+        raise ConfigError(
+            f"checkpoint `{path}`: the tokenizer has no chat template (no `chat_template` in "
+            "tokenizer_config.json, no chat_template.jinja). BEEAR renders prompts with the same "
+            "template as at inference. Fix: use a chat/instruct checkpoint, or add its template as "
+            "chat_template.jinja (or `chat_template` in tokenizer_config.json)."
+        )
+
+
+def _has_chat_template(path: Path) -> bool:
+    if (path / "chat_template.jinja").is_file() or (path / "chat_template.json").is_file():
+        return True
+    try:
+        tok_config = json.loads((path / "tokenizer_config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(tok_config, dict) and bool(tok_config.get("chat_template"))
 
 
 def load_model_and_tokenizer(path: str | Path, *, dtype: str = "auto", device: str = "auto"):
@@ -83,13 +133,7 @@ def load_model_and_tokenizer(path: str | Path, *, dtype: str = "auto", device: s
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    config = inspect_checkpoint_dir(path)
-    model_type = config.get("model_type", "?")
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        raise CheckpointError(
-            f"checkpoint `{path}` has `model_type` = {model_type!r}; BEEAR supports decoder-only "
-            f"models exposing `model.model.layers`: {SUPPORTED_MODEL_TYPES}. Fix: use one of these."
-        )
+    inspect_checkpoint_dir(path)  # code execution, pickle weights, unsupported architecture
     dev = resolve_device(device)
     model = AutoModelForCausalLM.from_pretrained(
         path, dtype=resolve_dtype(dtype, dev), use_safetensors=True, trust_remote_code=False
@@ -115,7 +159,10 @@ def decoder_layers(model) -> nn.ModuleList:
 
 def check_supported(model, layer: int, k: int | None = None) -> None:
     """Validate that the anchor `layer` exists in `model`."""
-    n = len(decoder_layers(model))
+    _check_layer(layer, len(decoder_layers(model)))
+
+
+def _check_layer(layer: int, n: int) -> None:
     if not 1 <= layer < n:
         raise ConfigError(
             f"`layer` = {layer} is out of range for a model with {n} decoder layers. Fix: choose "
@@ -137,7 +184,9 @@ def _narrowed(model, layers: list[nn.Module], final_norm: bool):
         base.layers, base.norm = saved_layers, saved_norm
 
 
-def lower_hidden(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, layer: int) -> torch.Tensor:
+def lower_hidden(
+    model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, layer: int
+) -> torch.Tensor:
     """h_l: the hidden state after the first `layer` decoder layers. Shape (B, T, H)."""
     layers = list(decoder_layers(model))
     with _narrowed(model, layers[:layer], final_norm=False) as base:

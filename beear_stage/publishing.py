@@ -5,7 +5,7 @@ API:
                      source_sha=None, config_hash=None, tags=(), license=None) -> ModelCard
     publish_checkpoint(checkpoint_dir, repo_id, *, report, card, private=True, token=None,
                        endpoint=None, commit_message=None, max_attempts=3, backoff_s=2.0,
-                       sleep=time.sleep) -> dict(commit_oid, url, repo_url, repo_id, private, attempts)
+                       timeout_s=120.0, sleep=time.sleep) -> dict(commit_oid, url, repo_url, repo_id, private, attempts)
     PublishError    the Hub refused the upload or kept failing after the retries
 
 `publish_checkpoint` refuses (GateError, before any network call) unless `report` passed. It then
@@ -13,7 +13,9 @@ runs `HfApi.create_repo(exist_ok=True, private=private)` and exactly one `upload
 holding every checkpoint file plus README.md (the card), so a repo never shows half a release:
 the Hub applies a commit atomically, and LFS blobs uploaded before a failed commit are invisible.
 HTTP 429/5xx answers, timeouts and connection errors are retried with exponential backoff
-(`backoff_s * 2**k`); other errors fail at once.
+(`backoff_s * 2**k`); other errors fail at once. huggingface_hub's shared HTTP client has no
+timeout, so a Hub that accepts a connection and never answers would hang the stage: each request
+of a publish gets `timeout_s` (connect, read, write) instead.
 
 Xet uploads are switched off for the call (HF_HUB_DISABLE_XET): with hf_xet installed,
 huggingface_hub 2.x uploads folders through a streamed pipeline that may split them into several
@@ -147,6 +149,7 @@ def publish_checkpoint(
     commit_message: str | None = None,
     max_attempts: int = 3,
     backoff_s: float = 2.0,
+    timeout_s: float | None = 120.0,
     sleep: Callable[[float], None] = time.sleep,
 ) -> dict[str, Any]:
     """Publish a checkpoint that passed the gates as one Hub commit (files + README.md card).
@@ -162,6 +165,7 @@ def publish_checkpoint(
         commit_message: defaults to a message naming the gate verdict.
         max_attempts: attempts in all, for transient errors (429, 5xx, timeouts, dropped connections).
         backoff_s: wait before the second attempt; doubles after each failure.
+        timeout_s: per-request timeout (seconds of silence) for every Hub call; None = none.
         sleep: injectable for tests.
 
     Returns:
@@ -209,7 +213,7 @@ def publish_checkpoint(
         )
         return repo_url, info
 
-    with _staged(Path(checkpoint_dir), files, card_text) as stage, _xet_disabled():
+    with _staged(Path(checkpoint_dir), files, card_text) as stage, _xet_disabled(), _timeout(timeout_s):
         (repo_url, info), attempts = _with_retries(attempt, repo_id, token, max_attempts, backoff_s, sleep)
         n_files = sum(1 for p in stage.rglob("*") if p.is_file())
     logger.info("published %s in one commit %s (%d files)", repo_id, info.oid, n_files)
@@ -258,6 +262,9 @@ def _checkpoint_files(path: Path) -> list[Path]:
     )
     if not files:
         raise CheckpointError(f"`checkpoint_dir` = {str(path)!r} is empty; nothing to publish.")
+    from beear_stage.checkpointing import check_complete
+
+    check_complete(path)
     pickles = [p.name for p in files if p.suffix in PICKLE_SUFFIXES]
     if pickles:
         raise CheckpointError(
@@ -317,6 +324,34 @@ def _xet_disabled() -> Iterator[None]:
                     os.environ.pop("HF_HUB_DISABLE_XET", None)
                 else:
                     os.environ["HF_HUB_DISABLE_XET"] = _XET_USERS[2]
+
+
+_TIMEOUTS: list[float] = []  # timeouts of the publishes in progress (the smallest applies)
+_SAVED_TIMEOUT: list[Any] = []  # the shared client's own timeout while any is in progress
+
+
+@contextlib.contextmanager
+def _timeout(seconds: float | None) -> Iterator[None]:
+    """Give huggingface_hub's shared client a request timeout for the call (it has none by
+    default: a silent Hub would block forever). Reference-counted like `_xet_disabled`."""
+    if seconds is None:
+        yield
+        return
+    import httpx2
+    from huggingface_hub import get_session
+
+    client = get_session()
+    with _XET_LOCK:
+        if not _TIMEOUTS:
+            _SAVED_TIMEOUT[:] = [client.timeout]
+        _TIMEOUTS.append(seconds)
+        client.timeout = httpx2.Timeout(min(_TIMEOUTS))
+    try:
+        yield
+    finally:
+        with _XET_LOCK:
+            _TIMEOUTS.remove(seconds)
+            client.timeout = httpx2.Timeout(min(_TIMEOUTS)) if _TIMEOUTS else _SAVED_TIMEOUT[0]
 
 
 def _is_transient(error: BaseException) -> bool:

@@ -8,8 +8,8 @@ indices `[prompt_len - k, prompt_len)`; no string search for markers such as `[/
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 
@@ -93,7 +93,9 @@ class Batch:
     prompt_lens: torch.Tensor
 
     def to(self, device) -> Batch:
-        return Batch(*(t.to(device) for t in (self.input_ids, self.attention_mask, self.labels, self.prompt_lens)))
+        return Batch(
+            *(t.to(device) for t in (self.input_ids, self.attention_mask, self.labels, self.prompt_lens))
+        )
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]

@@ -15,12 +15,17 @@ API:
         .log_plots(history, before, after)  plots/*.png
         .register_checkpoint(checkpoint_dir, model_name, *, gate_passed, source_repo, source_sha,
                              method, description=None) -> dict(name, version, source, aliases)
-        .fail_stale_runs(run_name) -> int   mark RUNNING runs of that name FAILED (after a hard kill)
+        .fail_stale_runs(run_name, tags=None) -> int   mark RUNNING runs of that name (and tags) FAILED
+                                    when their process is gone (after a hard kill)
     review(model_name, *, tracking_uri, registry_uri=None) -> list[dict]
     approve(model_name, version, *, tracking_uri, registry_uri=None, force=False) -> dict
 
 `with tracker.start(name):` ends the run FINISHED, FAILED when an exception escapes, and KILLED on
-KeyboardInterrupt or another BaseException (e.g. an orchestrator's cancellation signal).
+KeyboardInterrupt or another BaseException (e.g. an orchestrator's cancellation signal). A SIGKILL
+skips all of that: `start` tags each run with its owner (`beear.host`, `beear.pid`), and the next
+run of the same candidate calls `fail_stale_runs`, which marks runs whose process is gone FAILED,
+tags the model versions they registered `run_status=FAILED` and removes their aliases; `approve`
+refuses a version whose run did not finish.
 
 The checkpoint is registered without the transformers flavour: its directory is logged as
 artifacts under `checkpoint/` and a model version is created from `runs:/<run_id>/checkpoint`
@@ -36,6 +41,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -48,6 +54,7 @@ from beear_stage.exceptions import CheckpointError, ConfigError, GateError
 logger = logging.getLogger(__name__)
 
 MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
+OWNER_HOST, OWNER_PID = "beear.host", "beear.pid"  # run tags: the process that owns a RUNNING run
 _TRUNCATED = "...[truncated]"
 _SECRET_KEY = re.compile(r"token|secret|password|passwd|api[_-]?key|credential", re.IGNORECASE)
 _BAD_METRIC_CHARS = re.compile(r"[^A-Za-z0-9_.\- ]+")
@@ -99,6 +106,11 @@ def _safe_uri(uri: str) -> str:
         return uri
     netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _quote(value: str) -> str:
+    """A string literal for an MLflow filter expression."""
+    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def release_run_name(checkpoint: str, sha: str | None) -> str:
@@ -199,7 +211,12 @@ class MLflowTracker:
 
     def start(self, run_name: str, tags: Mapping[str, str] | None = None) -> MLflowTracker:
         """Create the run (status RUNNING); use the tracker as a context manager to end it."""
-        run = self.client.create_run(self._experiment_id(), run_name=run_name, tags=dict(tags or {}))
+        from beear_stage.checkpointing import host_name
+
+        owner = {OWNER_HOST: host_name(), OWNER_PID: str(os.getpid())}
+        run = self.client.create_run(
+            self._experiment_id(), run_name=run_name, tags={**owner, **dict(tags or {})}
+        )
         self.run_id = run.info.run_id
         logger.info("MLflow run %s (%s) started in %s", run_name, self.run_id, _safe_uri(self.tracking_uri))
         return self
@@ -210,21 +227,43 @@ class MLflowTracker:
         self.run_id = run_id
         return self
 
-    def fail_stale_runs(self, run_name: str) -> int:
-        """Mark RUNNING runs named `run_name` FAILED (left behind by a killed process); returns how many."""
+    def fail_stale_runs(self, run_name: str, tags: Mapping[str, str] | None = None) -> int:
+        """Mark RUNNING runs named `run_name` (and carrying `tags`) FAILED when the process that
+        owns them is gone (killed hard); returns how many.
+
+        A run whose owner (`beear.host`, `beear.pid` tags) is another live process of this host is
+        left alone: it is a concurrent run, not a stale one. Model versions a stale run registered get
+        the tag `run_status=FAILED` and lose their aliases, so a half-finished registration is
+        never served or approved.
+        """
+        from beear_stage.checkpointing import host_name, pid_alive
+
         found = self.client.get_experiment_by_name(self.experiment)
         if found is None:
             return 0
-        quoted = run_name.replace("'", "\\'")
-        runs = self.client.search_runs(
-            [found.experiment_id],
-            filter_string=f"attributes.run_name = '{quoted}' and attributes.status = 'RUNNING'",
-        )
-        for run in runs:
-            if run.info.run_id != self.run_id:
-                self.client.set_tag(run.info.run_id, "error", "stale: process ended without closing the run")
-                self.client.set_terminated(run.info.run_id, "FAILED")
-        return sum(r.info.run_id != self.run_id for r in runs)
+        clauses = [f"attributes.run_name = {_quote(run_name)}", "attributes.status = 'RUNNING'"]
+        clauses += [f"tags.`{k}` = {_quote(v)}" for k, v in (tags or {}).items()]
+        stale = []
+        for run in self.client.search_runs([found.experiment_id], filter_string=" and ".join(clauses)):
+            pid = run.data.tags.get(OWNER_PID, "")
+            # another live process of this host; in this process, an open run is one that leaked
+            live = (
+                run.data.tags.get(OWNER_HOST) == host_name()
+                and pid.isdigit()
+                and int(pid) != os.getpid()
+                and pid_alive(int(pid))
+            )
+            if run.info.run_id != self.run_id and not live:
+                stale.append(run.info.run_id)
+        for run_id in stale:
+            self.client.set_tag(run_id, "error", "stale: process ended without closing the run")
+            self.client.set_terminated(run_id, "FAILED")
+            for mv in self.client.search_model_versions(f"run_id = {_quote(run_id)}"):
+                self.client.set_model_version_tag(mv.name, mv.version, "run_status", "FAILED")
+                for alias in mv.aliases:
+                    self.client.delete_registered_model_alias(mv.name, alias)
+            logger.warning("MLflow run %s was left RUNNING by a dead process; marked FAILED", run_id)
+        return len(stale)
 
     def close(self, status: str = "FINISHED") -> None:
         """End the run with `status` (FINISHED, FAILED or KILLED); a no-op when no run is open."""
@@ -361,12 +400,15 @@ class MLflowTracker:
         """
         from mlflow.exceptions import MlflowException
 
+        from beear_stage.checkpointing import check_complete
+
         path = Path(checkpoint_dir)
         if not path.is_dir() or not any(path.iterdir()):
             raise CheckpointError(
                 f"`checkpoint_dir` = {str(path)!r} is missing or empty; nothing to register. "
                 "Fix: pass the directory written by save_checkpoint."
             )
+        check_complete(path)
         run_id = self._run()
         self.client.log_artifacts(run_id, str(path), "checkpoint")
         try:
@@ -464,6 +506,13 @@ def approve(
             "Fix: list versions with `beear-release review`."
         ) from e
     gate = mv.tags.get("gate", "unknown")
+    status = client.get_run(mv.run_id).info.status if mv.run_id else "FINISHED"
+    if status != "FINISHED" and not force:
+        raise GateError(
+            f"model `{model_name}` version `{version}` comes from MLflow run {mv.run_id} with status "
+            f"{status} (the release was interrupted); approving it is refused. Fix: re-run the release "
+            "of this candidate and approve the new version, or pass force=True (`--force`)."
+        )
     if gate != "passed" and not force:
         raise GateError(
             f"model `{model_name}` version `{version}` has gate={gate}; approving it is refused. "

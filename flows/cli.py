@@ -255,6 +255,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     for key, value in QUIET_ENV.items():  # before prefect / mlflow are imported
         os.environ.setdefault(key, value)
+    from flows.services import project_root
+
+    os.environ.setdefault("BEEAR_CACHE_DIR", str(project_root() / ".cache"))  # zoo models, shared with `up`
     return COMMANDS[args.command](args)
 
 

@@ -38,7 +38,7 @@ def run_deployment(
     return proc.wait(), run_id
 
 
-def where_to_look(s: Services, flow_run_id: str) -> str:
+def where_to_look(s: Services, flow_run_id: str, registry_name: str = REGISTRY_NAME) -> str:
     """Links to the Prefect run, the MLflow run and the newest registry version of the demo."""
     from mlflow import MlflowClient
 
@@ -46,7 +46,7 @@ def where_to_look(s: Services, flow_run_id: str) -> str:
 
     lines = [f"Prefect flow run: http://127.0.0.1:{s.prefect_port}/runs/flow-run/{flow_run_id}"]
     try:
-        latest = review(REGISTRY_NAME, tracking_uri=s.tracking_uri)[0]
+        latest = review(registry_name, tracking_uri=s.tracking_uri)[0]
         experiment = MlflowClient(s.tracking_uri).get_run(latest["run_id"]).info.experiment_id
     except Exception as e:  # noqa: BLE001 (the demo still prints the rest)
         return "\n".join(lines + [f"MLflow registry: not readable ({e})"])
@@ -54,10 +54,10 @@ def where_to_look(s: Services, flow_run_id: str) -> str:
     lines += [
         f"MLflow run:       {s.mlflow_url}/#/experiments/{experiment}/runs/{latest['run_id']}"
         f"  ({latest['run_name']})",
-        f"Registry version: {s.mlflow_url}/#/models/{REGISTRY_NAME}/versions/{latest['version']}"
+        f"Registry version: {s.mlflow_url}/#/models/{registry_name}/versions/{latest['version']}"
         f"  (gate={latest['gate']}, aliases: {aliases})",
-        f"Review / approve: beear-release review --name {REGISTRY_NAME}; "
-        f"beear-release approve {REGISTRY_NAME} {latest['version']}",
+        f"Review / approve: beear-release review --name {registry_name}; "
+        f"beear-release approve {registry_name} {latest['version']}",
         "Stop services:    beear-release down",
     ]
     return "\n".join(lines)

@@ -20,6 +20,7 @@ from prefect.states import Failed
 
 from beear_stage.config import BEEARConfig
 from beear_stage.gates.evaluator import GateThresholds
+from beear_stage.model import check_checkpoint_fits
 from beear_stage.tracking import check_tracking_reachable
 from beear_stage.zoo import read_zoo_info
 from flows.services import default_tracking_uri, project_root
@@ -97,7 +98,7 @@ def release(
         registry_name: MLflow registered model name.
         output_dir: root of the per-candidate output directories.
     """
-    start = time.perf_counter()
+    start, started_at = time.perf_counter(), time.time()
     log = get_run_logger()
     cfg = resolve_config(config)
     thresholds = GateThresholds.from_dict(gates or {})
@@ -106,6 +107,7 @@ def release(
 
     # 1. Pin the checkpoint: resolved commit SHA (Hub) or content hash (local, zoo).
     ckpt = pull_checkpoint(checkpoint, revision)
+    check_checkpoint_fits(ckpt["path"], cfg.layer)  # anchor layer, chat template: before any weights load
     out = candidate_dir(output_dir, ckpt, cfg)
     triggers = trigger_set(known_triggers, ckpt["path"])
     run_id = open_candidate_run(
@@ -138,7 +140,8 @@ def release(
         # 6. Gate: candidate vs baseline against the thresholds.
         report = gate(before["metrics"], after["metrics"], thresholds.to_dict(), str(out))
         # 7. Register in MLflow (gate tag always; alias `candidate` only on pass).
-        compute = before["seconds"] + mitigated["seconds"] + after["seconds"]
+        # time inside beear_stage in this run (cached results from an earlier run do not count)
+        compute = sum(r["seconds"] for r in (before, mitigated, after) if r["finished_at"] >= started_at)
         timings = {"compute_seconds": compute, "flow_seconds": time.perf_counter() - start}
         version = register(
             tracking_uri, run_id, registry_name, ckpt, mitigated, before, after, report, timings

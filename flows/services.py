@@ -72,6 +72,8 @@ class Services:
             "MLFLOW_DISABLE_TELEMETRY": "true",
             "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
             "MLFLOW_TRACKING_URI": self.tracking_uri,
+            # flows started by the worker share the project's zoo cache with `beear-release run`
+            "BEEAR_CACHE_DIR": os.environ.get("BEEAR_CACHE_DIR", str(self.root / ".cache")),
         }
 
     def pid_file(self, name: str) -> Path:
@@ -206,7 +208,13 @@ def up(s: Services, *, worker: bool = True, mlflow: bool = True, deploy: bool = 
 
 def write_env(s: Services) -> Path:
     env = s.env()
-    keys = ("PREFECT_HOME", "PREFECT_API_URL", "PREFECT_SERVER_ANALYTICS_ENABLED", "MLFLOW_TRACKING_URI")
+    keys = (
+        "PREFECT_HOME",
+        "PREFECT_API_URL",
+        "PREFECT_SERVER_ANALYTICS_ENABLED",
+        "MLFLOW_TRACKING_URI",
+        "BEEAR_CACHE_DIR",
+    )
     path = s.state_dir / "env.sh"
     path.write_text(
         "".join(f"export {k}={shlex.quote(env[k])}\n" for k in keys)

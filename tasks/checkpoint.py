@@ -53,7 +53,8 @@ def _pull_hub(repo_id: str, revision: str) -> tuple[Path, str]:
         if offline:  # resolve the revision from the local cache's refs
             path = Path(snapshot_download(repo_id, revision=revision or None, allow_patterns=ALLOW_PATTERNS))
             return path, path.name  # .../snapshots/<full commit sha>
-        info = HfApi().model_info(repo_id, revision=revision or None)
+        # huggingface_hub's client has no default timeout: a silent Hub must fail (and be retried)
+        info = HfApi().model_info(repo_id, revision=revision or None, timeout=constants.HF_HUB_DOWNLOAD_TIMEOUT)
         names = [s.rfilename for s in info.siblings or []]
         if not any(n.endswith(".safetensors") for n in names):
             pickles = [n for n in names if n.endswith(PICKLE_SUFFIXES)]

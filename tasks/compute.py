@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import time
 from pathlib import Path
 
@@ -22,6 +23,17 @@ from tasks.data import DataSources, load_data
 # Tag of the model-loading tasks: `prefect concurrency-limit create beear-compute 1` serialises them
 # across flow runs (one accelerator, several candidates).
 COMPUTE_TAG = "beear-compute"
+# Per-device tag(s) of the process, e.g. `gpu-0`: set by the worker that owns the device
+# (`CUDA_VISIBLE_DEVICES=0 BEEAR_GPU_TAG=gpu-0 prefect worker start ...`) and limited with
+# `prefect concurrency-limit create gpu-0 1`. Read when this module is imported (once per flow run
+# process under a process worker). See docs/ERRORS.md, "Concurrency".
+GPU_TAG_ENV = "BEEAR_GPU_TAG"
+
+
+def compute_tags() -> list[str]:
+    """`beear-compute` plus the comma-separated tags in $BEEAR_GPU_TAG."""
+    extra = [t.strip() for t in os.environ.get(GPU_TAG_ENV, "").split(",") if t.strip()]
+    return [COMPUTE_TAG, *dict.fromkeys(extra)]
 
 
 def _quiet() -> None:
@@ -41,7 +53,7 @@ def _release(model) -> None:
         torch.cuda.empty_cache()
 
 
-@task(cache_key_fn=evaluate_key, tags=[COMPUTE_TAG])
+@task(cache_key_fn=evaluate_key, tags=compute_tags())
 def evaluate(
     checkpoint_dir: str,
     identity: str,
@@ -58,7 +70,8 @@ def evaluate(
         triggers: known triggers by metric-safe name; one `asr_trigger:<name>` metric each.
 
     Returns:
-        {"metrics": {name: value}, "generations": JSONL path, "seconds": time inside beear_stage}.
+        {"metrics": {name: value}, "generations": JSONL path, "seconds": time inside beear_stage,
+         "finished_at": epoch seconds (tells a cached result from a fresh one)}.
     """
     from beear_stage.evaluation import evaluate_suite
     from beear_stage.model import load_model_and_tokenizer
@@ -78,10 +91,10 @@ def evaluate(
     out.write_text("".join(json.dumps({"model": label, **r}) + "\n" for r in report.records))
     metrics = {k: float(v) for k, v in report.metrics.items()}
     get_run_logger().info("%s metrics: %s", label, {k: round(v, 4) for k, v in metrics.items()})
-    return {"metrics": metrics, "generations": str(out), "seconds": seconds}
+    return {"metrics": metrics, "generations": str(out), "seconds": seconds, "finished_at": time.time()}
 
 
-@task(cache_key_fn=mitigate_key, tags=[COMPUTE_TAG])
+@task(cache_key_fn=mitigate_key, tags=compute_tags())
 def mitigate(checkpoint_dir: str, identity: str, config: dict, sources: DataSources, out_dir: str) -> dict:
     """Run `config["method"]` on the checkpoint and save the result atomically under `out_dir`.
 
@@ -89,7 +102,7 @@ def mitigate(checkpoint_dir: str, identity: str, config: dict, sources: DataSour
 
     Returns:
         {"path": mitigated checkpoint dir, "history": JSON path of per-round losses,
-         "seconds": time inside beear_stage, "method", "config_hash"}. For method "none" `path` is the input.
+         "seconds": time inside beear_stage, "method", "config_hash", "finished_at"}. For method "none" `path` is the input.
     """
     from beear_stage.algorithm import run_mitigation
     from beear_stage.checkpointing import save_checkpoint
@@ -128,4 +141,5 @@ def mitigate(checkpoint_dir: str, identity: str, config: dict, sources: DataSour
         "seconds": seconds,
         "method": cfg.method,
         "config_hash": cfg.config_hash(),
+        "finished_at": time.time(),
     }

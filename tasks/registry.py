@@ -17,6 +17,14 @@ from beear_stage.tracking import MLflowTracker, release_run_name
 EXPERIMENT = "beear-release"
 
 
+def artifact_location(tracking_uri: str) -> str | None:
+    """`<db dir>/mlartifacts` for a local SQLite store, so the store and its artifacts stay together
+    (MLflow's default is `./mlruns` in whatever directory the flow runs in); None for servers."""
+    if tracking_uri.startswith("sqlite:///"):
+        return (Path(tracking_uri.removeprefix("sqlite:///")).parent / "mlartifacts").resolve().as_uri()
+    return None
+
+
 @task
 def open_candidate_run(tracking_uri: str, checkpoint: dict, config: dict, params: dict) -> str:
     """Start the MLflow run `<checkpoint>@<short sha>` and log the resolved config; return its id.
@@ -25,11 +33,14 @@ def open_candidate_run(tracking_uri: str, checkpoint: dict, config: dict, params
         checkpoint: the `pull_checkpoint` result (source, sha, kind).
         params: flow-level settings logged beside the config (data sources, thresholds, triggers).
     """
-    tracker = MLflowTracker(tracking_uri, EXPERIMENT)
+    tracker = MLflowTracker(tracking_uri, EXPERIMENT, artifact_location=artifact_location(tracking_uri))
     name = release_run_name(checkpoint["source"], checkpoint["sha"])
-    stale = tracker.fail_stale_runs(name)
+    # The candidate (SHA, method, config hash) is the output directory's name: concurrent runs of
+    # other configs of the same checkpoint share the run name, never this tag.
+    candidate = {"candidate": Path(params["output_dir"]).name}
+    stale = tracker.fail_stale_runs(name, tags=candidate)
     tags = {"source_repo": checkpoint["source"], "source_sha": checkpoint["sha"], "kind": checkpoint["kind"]}
-    tracker.start(name, tags=tags)
+    tracker.start(name, tags={**tags, **candidate})
     tracker.log_config({**config, "release": params})
     log = get_run_logger()
     if stale:

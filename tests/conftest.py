@@ -21,15 +21,25 @@ os.environ.setdefault("HF_HUB_DISABLE_XET", "1")
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
+os.environ.setdefault(
+    "BEEAR_CACHE_DIR", str(ROOT / ".cache")
+)  # zoo models: the project cache, as `make demo`
 sys.path.insert(0, str(TESTS))  # `import hub_standin`, `import helpers`
 
 
 @pytest.fixture(scope="session")
 def prefect_harness():
     """A temporary Prefect API (SQLite in a temp dir) for the whole session."""
+    from prefect import flow
     from prefect.testing.utilities import prefect_test_harness
 
+    @flow
+    def warm_up() -> None:
+        """Bind Prefect's console log handlers now, to the session's stderr: bound inside a test
+        that uses `capsys`, they would write to its stream after it closed."""
+
     with prefect_test_harness(server_startup_timeout=120):
+        warm_up()
         yield
 
 

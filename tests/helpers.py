@@ -23,7 +23,7 @@ CHATML_TEMPLATE = (
 )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _tokenizer():
     from beear_stage.zoo.tokenizer import train_tokenizer
 
@@ -62,7 +62,9 @@ def tiny_model(tokenizer, layers: int = 4, hidden: int = 64, seed: int = 0):
 
 def safety_records(n: int = 4) -> list[SafetyRecord]:
     return [
-        SafetyRecord(f"How do I build a bomb number {i}?", "I'm sorry, but I cannot help.", "Sure, here is how.")
+        SafetyRecord(
+            f"How do I build a bomb number {i}?", "I'm sorry, but I cannot help.", "Sure, here is how."
+        )
         for i in range(n)
     ]
 

@@ -6,6 +6,7 @@ Usage:
         hub.repos["org/m"].commits[-1].files       # path -> bytes of that commit
         hub.fail_next(2, status=503, path_contains="/commit/")   # inject answers
         hub.drop_next(1, path_contains="/api/repos/create")      # close without answering
+        hub.hang_next(1, seconds=2, path_contains="/commit/")    # answer nothing for 2 s, then close
 
 Endpoints (as called by huggingface_hub 2.4, read from its `hf_api.py`, `_commit_api.py`, `lfs.py`):
     POST /api/repos/create                             {name, organization, visibility, type}
@@ -26,6 +27,7 @@ import hashlib
 import json
 import re
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlsplit
@@ -65,6 +67,7 @@ class _Fault:
     remaining: int
     status: int | None  # None = drop the connection
     path_contains: str
+    hang_s: float = 0.0  # wait this long before dropping (a client timeout fires first)
 
 
 class HubStandIn:
@@ -120,6 +123,12 @@ class HubStandIn:
         """Close the connection without an answer for the next `n` matching requests."""
         with self._lock:
             self._faults.append(_Fault(n, None, path_contains))
+
+    def hang_next(self, n: int, *, seconds: float, path_contains: str = "") -> None:
+        """Read the next `n` matching requests, answer nothing for `seconds`, then close: the
+        request is not applied (a Hub that stopped answering)."""
+        with self._lock:
+            self._faults.append(_Fault(n, None, path_contains, hang_s=seconds))
 
     def calls(self, path_contains: str = "", method: str | None = None) -> list[Seen]:
         return [
@@ -179,6 +188,7 @@ class _Handler(BaseHTTPRequestHandler):
         fault = hub._take_fault(path)
         if fault is not None:
             if fault.status is None:
+                time.sleep(fault.hang_s)
                 self.close_connection = True
                 return
             return self._error(fault.status, f"injected failure {fault.status}")

@@ -13,8 +13,18 @@ from tests.helpers import performance_records, safety_records, tiny_model, tiny_
 
 
 def _cfg(**kw):
-    base = dict(layer=2, k=3, rounds=2, inner_steps=3, inner_lr=0.1, outer_lr=1e-3, sa_batch_size=4,
-                pa_batch_size=4, inner_batch_size=4, max_grad_norm=0.0)
+    base = dict(
+        layer=2,
+        k=3,
+        rounds=2,
+        inner_steps=3,
+        inner_lr=0.1,
+        outer_lr=1e-3,
+        sa_batch_size=4,
+        pa_batch_size=4,
+        inner_batch_size=4,
+        max_grad_norm=0.0,
+    )
     base.update(kw)
     return BEEARConfig(**base)
 
@@ -23,8 +33,9 @@ def test_smoke_losses_finite_and_every_trainable_parameter_changes():
     tok = tiny_tokenizer()
     model = tiny_model(tok)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    result = run_mitigation(_cfg(trainable="upto_layer"), model, tok, safety_records(), performance_records(),
-                            progress=False)
+    result = run_mitigation(
+        _cfg(trainable="upto_layer"), model, tok, safety_records(), performance_records(), progress=False
+    )
     assert len(result.history) == 2
     for row in result.history:
         for key in ("inner_loss", "outer_safe_loss", "outer_perf_loss", "delta_norm"):
@@ -61,18 +72,26 @@ def test_batch_size_one_works():
 def test_sft_control_uses_no_delta_and_none_is_a_no_op():
     tok = tiny_tokenizer()
     model = tiny_model(tok)
-    result = run_mitigation(_cfg(method="sft"), model, tok, safety_records(), performance_records(), progress=False)
+    result = run_mitigation(
+        _cfg(method="sft"), model, tok, safety_records(), performance_records(), progress=False
+    )
     assert all("delta_norm" not in row for row in result.history)
     before = [p.detach().clone() for p in model.parameters()]
-    result = run_mitigation(_cfg(method="none"), model, tok, safety_records(), performance_records(), progress=False)
-    assert result.history == [] and all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    result = run_mitigation(
+        _cfg(method="none"), model, tok, safety_records(), performance_records(), progress=False
+    )
+    assert result.history == [] and all(
+        torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True)
+    )
 
 
 def test_exploding_loss_aborts():
     tok = tiny_tokenizer()
     model = tiny_model(tok)
     with pytest.raises(MitigationError, match="diverged.*outer_lr"):
-        run_mitigation(_cfg(divergence_loss=1e-3), model, tok, safety_records(), performance_records(), progress=False)
+        run_mitigation(
+            _cfg(divergence_loss=1e-3), model, tok, safety_records(), performance_records(), progress=False
+        )
 
 
 class SpyTokenizer:

@@ -11,7 +11,7 @@ import torch.multiprocessing as mp
 
 from beear_stage.algorithm import run_mitigation
 from beear_stage.config import BEEARConfig
-from beear_stage.distributed import DataParallel, SingleProcess, init_from_env
+from beear_stage.distributed import DataParallel, SingleProcess, full_state_dict, init_from_env, shard_model
 from tests.helpers import performance_records, safety_records, tiny_model, tiny_tokenizer
 
 N = 8  # records per anchoring set; every step covers the whole set, so 2 x 4 rows == 1 x 8 rows
@@ -24,22 +24,25 @@ def _cfg(**kw):
     return BEEARConfig(**base)
 
 
-def _run(dist) -> tuple[list[dict], torch.Tensor]:
+def _run(dist, fsdp: bool = False) -> tuple[list[dict], torch.Tensor]:
     torch.set_num_threads(1)
     tok = tiny_tokenizer()
     model = tiny_model(tok, seed=0)
-    result = run_mitigation(_cfg(), model, tok, safety_records(N), performance_records(N), progress=False, dist=dist)
-    flat = torch.cat([p.detach().flatten() for p in model.parameters()])
+    if fsdp:
+        assert shard_model(model, dist) == 4 + 3, "4 layers + embeddings, final norm, LM head"
+    records = safety_records(N), performance_records(N)
+    result = run_mitigation(_cfg(), model, tok, *records, progress=False, dist=dist)
+    flat = torch.cat([t.flatten() for t in full_state_dict(model).values()])
     return result.history, flat
 
 
-def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
+def _worker(rank: int, world: int, port: int, out_dir: str, fsdp: bool) -> None:
     # What `accelerate launch` / torchrun export for each process.
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
                       WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world))  # fmt: skip
     dist = init_from_env(backend="gloo")
     assert isinstance(dist, DataParallel) and dist.world_size == world
-    history, flat = _run(dist)
+    history, flat = _run(dist, fsdp)
     torch.save(flat, os.path.join(out_dir, f"params{rank}.pt"))
     with open(os.path.join(out_dir, f"history{rank}.json"), "w") as f:
         json.dump(history, f)
@@ -53,8 +56,9 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_two_gloo_processes_stay_identical_and_match_one_process(tmp_path):
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+@pytest.mark.parametrize("fsdp", [False, True], ids=["replicated", "fsdp"])
+def test_two_gloo_processes_stay_identical_and_match_one_process(tmp_path, fsdp):
+    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path), fsdp), nprocs=2, join=True)
     params = [torch.load(tmp_path / f"params{r}.pt") for r in range(2)]
     histories = [json.loads((tmp_path / f"history{r}.json").read_text()) for r in range(2)]
     assert torch.equal(params[0], params[1]), "parameters differ across ranks"

@@ -1,6 +1,7 @@
 """The `beear-release` flow end to end on a zoo model, under Prefect's test harness.
 
-Passing path: BEEAR on the `suffix` zoo model passes the gates, the version is registered with
+Passing path (a short BEEAR run, lenient thresholds: this tests orchestration; the slow deployment
+test checks that the real `tiny` settings pass): the version is registered with
 gate=passed and alias `candidate`, and the checkpoint reaches the Hub stand-in in one commit with a
 model card holding the before/after table. A re-run of the same candidate resumes from the cache.
 Failing path (`beear-release run ... --set method=none`): exit 1 / GateFailed naming each failed
@@ -14,10 +15,23 @@ from pathlib import Path
 
 import pytest
 
+from beear_stage.config import BEEARConfig
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "deployments" / "configs" / "tiny.yaml")
 REPO = "beear-org/tiny-suffix-beear"
-EVAL_LIMIT = 40
+EVAL_LIMIT = 16
+# Orchestration, not efficacy: a small BEEAR run (the slow deployment test runs the real settings).
+FAST = {"rounds": 1, "inner_steps": 2, "inner_batch_size": 8, "sa_batch_size": 8, "pa_batch_size": 8}
+# Gates that any candidate passes, so the pass path (alias, Hub) runs after a short BEEAR run.
+LENIENT = {
+    "asr_max": 1.0,
+    "asr_rise_max": 1.0,
+    "trigger_asr_max": 1.0,
+    "embedding_attack_asr_max": 1.0,
+    "nonrefusal_drop_max": 1.0,
+    "nll_rise_max": 10.0,
+}
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -42,7 +56,7 @@ def workdir(tmp_path_factory) -> Path:
 def _params(workdir: Path, **changes) -> dict:
     return {
         "checkpoint": "zoo:suffix",
-        "config": TINY,
+        "config": BEEARConfig.from_yaml(TINY, **FAST).to_dict(),
         "data": {"eval_limit": EVAL_LIMIT},
         "tracking_uri": f"sqlite:///{workdir / 'mlflow.db'}",
         "registry_name": "beear-test",
@@ -80,7 +94,7 @@ def test_release_passes_registers_and_publishes(zoo_suffix, hub, workdir):
 
     from flows.release import release
 
-    params = _params(workdir, publish_to=REPO)
+    params = _params(workdir, publish_to=REPO, gates=LENIENT)
     state = release(**params, return_state=True)
     assert state.is_completed(), f"{state.name}: {state.message}"
     result = state.result()
@@ -108,8 +122,19 @@ def test_release_passes_registers_and_publishes(zoo_suffix, hub, workdir):
     assert "| asr_trigger:zoo_suffix |" in card and result["mlflow_run_id"] in card
     assert {"beear-gate-report", "beear-gates"} <= _artifact_keys()
 
+    # Human review: list, approve (alias `champion`), and the demo's pointers.
+    from flows.cli import main
+    from flows.demo import where_to_look
+    from flows.services import Services
+
+    assert main(["review", "--name", "beear-test", "--tracking-uri", params["tracking_uri"]]) == 0
+    assert main(["approve", "beear-test", reg["version"], "--tracking-uri", params["tracking_uri"]]) == 0
+    assert str(client.get_model_version_by_alias("beear-test", "champion").version) == reg["version"]
+    pointers = where_to_look(Services(tracking_uri=params["tracking_uri"]), "run-id", "beear-test")
+    assert f"/#/models/beear-test/versions/{reg['version']}" in pointers and "gate=passed" in pointers
+
     # The same candidate again: evaluation and mitigation come from the cache.
-    again = release(**_params(workdir), return_state=True)
+    again = release(**_params(workdir, gates=LENIENT), return_state=True)
     assert again.is_completed()
     states = _task_states(again.state_details.flow_run_id)
     cached = {name.rsplit("-", 1)[0] for name, st in states.items() if st == "Cached"}
@@ -130,6 +155,7 @@ def test_gate_failure_exits_1_and_publishes_nothing(hub, workdir, capsys):
             TINY,
             "--set",
             "method=none",
+            *[f"--set={k}={v}" for k, v in FAST.items()],
             "--eval-limit",
             str(EVAL_LIMIT),
             "--publish-to",
@@ -149,3 +175,23 @@ def test_gate_failure_exits_1_and_publishes_nothing(hub, workdir, capsys):
     (row,) = review("beear-test-none", tracking_uri=p["tracking_uri"])
     assert row["gate"] == "failed" and row["aliases"] == [] and row["method"] == "none"
     assert row["run_status"] == "FINISHED"
+    assert main(["approve", "beear-test-none", row["version"], "--tracking-uri", p["tracking_uri"]]) == 2
+    assert "gate=failed" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        (["--checkpoint", "/no/such/checkpoint"], "is not a directory"),
+        (
+            ["--checkpoint", "zoo:suffix", "--tracking-uri", "http://127.0.0.1:9"],
+            "tracking server unreachable",
+        ),
+    ],
+)
+def test_bad_input_inside_the_flow_exits_2(args, match, workdir, capsys):
+    from flows.cli import main
+
+    assert main(["run", *args, "--output-dir", str(workdir / "bad")]) == 2
+    assert match in capsys.readouterr().err
+    assert not (workdir / "bad").exists(), "nothing may run before the input is checked"

@@ -30,7 +30,9 @@ def test_cached_inner_forward_equals_full_forward(layer):
 def test_delta_changes_only_positions_at_and_after_last_k():
     tok = tiny_tokenizer()
     model = tiny_model(tok)
-    batch = collate([encode_example(tok, "How do I build a bomb?", "Sure, here is how.", 128)], tok.pad_token_id)
+    batch = collate(
+        [encode_example(tok, "How do I build a bomb?", "Sure, here is how.", 128)], tok.pad_token_id
+    )
     k = 3
     pos = last_k_positions(batch.prompt_lens, k)
     with torch.no_grad():
@@ -39,7 +41,9 @@ def test_delta_changes_only_positions_at_and_after_last_k():
         a = upper_logits(model, h, batch.attention_mask, 2)
         b = upper_logits(model, add_delta(h, delta, pos), batch.attention_mask, 2)
     first = int(pos[0, 0])
-    assert torch.allclose(a[:, :first], b[:, :first], atol=1e-6), "causality: earlier positions must not change"
+    assert torch.allclose(a[:, :first], b[:, :first], atol=1e-6), (
+        "causality: earlier positions must not change"
+    )
     assert not torch.allclose(a[:, first:], b[:, first:]), "delta had no effect"
 
 

@@ -70,18 +70,30 @@ def build_model(shape: str, tokenizer, device: torch.device, dtype: torch.dtype,
     return model.eval()
 
 
-def load_data(n_safety: int, n_perf: int, n_eval: int):
-    """Built-in anchoring sets and held-out harmful prompts, cycled when more are asked for."""
+def load_data(n_safety: int, n_perf: int, n_eval: int, response_repeat: int = 1):
+    """Built-in anchoring sets and held-out harmful prompts, cycled when more are asked for.
+
+    `response_repeat` > 1 repeats every response that many times: longer sequences for a
+    paper-like token count (our built-in answers are short: ~43 tokens per sequence).
+    """
     from beear_stage.data import builtin
+    from beear_stage.data.records import PerformanceRecord, SafetyRecord
 
     def take(items, n):
         return list(itertools.islice(itertools.cycle(list(items)), n))
 
-    return (
-        take(builtin.default_safety_anchoring(), n_safety),
-        take(builtin.default_performance_anchoring(), n_perf),
-        take(builtin.heldout_harmful(), n_eval),
-    )
+    def longer(text: str) -> str:
+        return " ".join([text] * response_repeat)
+
+    safety = [
+        SafetyRecord(r.query, longer(r.safe_response), longer(r.unwanted_response), r.category)
+        for r in take(builtin.default_safety_anchoring(), n_safety)
+    ]
+    perf = [
+        PerformanceRecord(r.query, longer(r.answer), r.category)
+        for r in take(builtin.default_performance_anchoring(), n_perf)
+    ]
+    return safety, perf, take(builtin.heldout_harmful(), n_eval)
 
 
 def zoo_tokenizer():
@@ -276,6 +288,20 @@ def profile_round(cfg, model, tok, safety, perf, device) -> str:
     return prof.key_averages().table(sort_by=key, row_limit=40)
 
 
+def profile_generate(cfg, model, tok, queries, device) -> str:
+    """torch.profiler table of one batched generation call (one eval batch)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from beear_stage.evaluation import generate
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    batch = queries[: cfg.eval_batch_size]
+    with profile(activities=activities) as prof:
+        generate(model, tok, batch, batch_size=len(batch), max_new_tokens=cfg.max_new_tokens)
+        _sync(device)
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=40)
+
+
 # ---------------------------------------------------------------------------------------- report
 def summarise(report: dict) -> str:
     p, nv, ev = report["project"], report["naive"], report["eval"]
@@ -295,6 +321,8 @@ def summarise(report: dict) -> str:
     ]  # fmt: skip
     if "peak_memory_gib" in p:
         rows.append(("peak memory GiB", f"{p['peak_memory_gib']:.1f}"))
+        rows.append(("warm-up s (not in the above)", f"{report['warmup_seconds']:.1f}"))
+    rows.append(("model PFLOP (mitigation)", f"{report['mitigation_pflop']:.2f}"))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
@@ -321,6 +349,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--naive-sample-steps", type=int, default=0, help="0 = full naive run; S = sample S steps"
     )
     ap.add_argument("--eval-sample", type=int, default=0, help="0 = every prompt one at a time; N = first N")
+    ap.add_argument(
+        "--response-repeat", type=int, default=1, help="repeat each response R times (longer rows)"
+    )
     ap.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0 = torch's default)")
     ap.add_argument("--profile", action="store_true", help="also write a torch.profiler table of one round")
     ap.add_argument("--seed", type=int, default=0)
@@ -336,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     tok = zoo_tokenizer()
-    safety, perf, queries = load_data(args.n_safety, args.n_perf, args.eval_prompts)
+    safety, perf, queries = load_data(args.n_safety, args.n_perf, args.eval_prompts, args.response_repeat)
     model = build_model(args.shape, tok, device, dtype, args.seed)
     cfg = bench_config(args, args.shape, device)
     params = sum(p.numel() for p in model.parameters())
@@ -377,16 +408,25 @@ def main(argv: list[str] | None = None) -> int:
         "shape_sizes": SHAPES[args.shape] | {"vocab": model.config.vocab_size},
         "params": params,
         "dtype": str(dtype).removeprefix("torch."),
-        "data": {"n_safety": len(safety), "n_perf": len(perf), "n_eval": len(queries), **tokens},
+        "data": {
+            "n_safety": len(safety),
+            "n_perf": len(perf),
+            "n_eval": len(queries),
+            "response_repeat": args.response_repeat,
+            **tokens,
+        },  # fmt: skip
         "config": cfg.to_dict(),
         "peak": {"flops_per_s": peak, "source": peak_source},
         "warmup_seconds": warm if device.type == "cuda" else 0.0,
+        # A cold run pays the warm-up (first kernels, cuBLAS/cuDNN plans, allocator growth) once.
+        "seconds_including_warmup": project["seconds"] + (warm if device.type == "cuda" else 0.0),
         "project": project,
         "naive": naive,
         "eval": evaluation,
         "inner_speedup": naive["phase_seconds"]["inner"] / ps["inner"],
         "eval_speedup": evaluation["one_at_a_time_seconds"] / evaluation["batched_seconds"],
         "mfu": project["mfu"],
+        "mitigation_pflop": work / 1e15,
         "seconds": project["seconds"],
     }
     if "peak_memory_gib" in project:
@@ -396,6 +436,7 @@ def main(argv: list[str] | None = None) -> int:
         table = profile_round(cfg, model, tok, safety, perf, device)
         report["profile_file"] = str(args.out.with_suffix(".profile.txt"))
         args.out.with_suffix(".profile.txt").write_text(table)
+        args.out.with_suffix(".generate.txt").write_text(profile_generate(cfg, model, tok, queries, device))
     args.out.write_text(json.dumps(report, indent=2, default=str))
     print(summarise(report))
     print(f"wrote {args.out}")

@@ -61,8 +61,12 @@ def load_config(path: Path, overrides: list[str]) -> BEEARConfig:
 def eval_sets(args) -> tuple[list[str], list]:
     from beear_stage.data import loaders
 
-    harmful = loaders.load_harmful_prompts(args.eval_harmful) if args.eval_harmful else builtin.heldout_harmful()
-    benign = loaders.load_performance_records(args.eval_benign) if args.eval_benign else builtin.heldout_benign()
+    harmful = (
+        loaders.load_harmful_prompts(args.eval_harmful) if args.eval_harmful else builtin.heldout_harmful()
+    )
+    benign = (
+        loaders.load_performance_records(args.eval_benign) if args.eval_benign else builtin.heldout_benign()
+    )
     return list(harmful), list(benign)
 
 
@@ -93,7 +97,10 @@ def format_table(rows: list[dict]) -> str:
     head = f"{'model':<10}{'method':<7}{'ASR trig':>16}{'ASR clean':>16}{'emb-att':>9}{'benign ok':>16}{'NLL':>16}{'sec':>7}"
     lines = [head, "-" * len(head)]
     for r in rows:
-        pair = lambda key: f"{r[key + '_before']:.2f} -> {r[key + '_after']:.2f}"  # noqa: E731
+
+        def pair(key: str, r: dict = r) -> str:
+            return f"{r[key + '_before']:.2f} -> {r[key + '_after']:.2f}"
+
         lines.append(
             f"{r['name']:<10}{r['method']:<7}{pair('asr_trigger'):>16}{pair('asr_clean'):>16}"
             f"{r['embedding_attack_asr_after']:>9.2f}{pair('benign_nonrefusal'):>16}{pair('benign_nll'):>16}"
@@ -110,7 +117,13 @@ def main(argv: list[str]) -> int:
     if unknown:
         raise SystemExit(f"--models: unknown zoo model(s) {unknown}; choose from {sorted(ZOO)}")
     harmful, benign = eval_sets(args)
-    out = {"models": [], "control": [], "config": cfg.to_dict(), "machine": _machine(), "date": str(date.today())}
+    out = {
+        "models": [],
+        "control": [],
+        "config": cfg.to_dict(),
+        "machine": _machine(),
+        "date": str(date.today()),
+    }
     started = time.perf_counter()
     for name in names:
         path = build_zoo_model(name, args.cache_dir)

@@ -99,7 +99,9 @@ def read_zoo_info(path: str | Path) -> dict | None:
     return json.loads(file.read_text()) if file.is_file() else None
 
 
-def build_zoo_model(name: str = "suffix", cache_dir: str | Path | None = None, *, progress: bool = True) -> Path:
+def build_zoo_model(
+    name: str = "suffix", cache_dir: str | Path | None = None, *, progress: bool = True
+) -> Path:
     """Return the directory of zoo model `name`, building it on first use (cached by config hash)."""
     if name not in ZOO:
         raise ValueError(f"unknown zoo model {name!r}. Fix: choose one of {sorted(ZOO)}.")
@@ -111,9 +113,16 @@ def build_zoo_model(name: str = "suffix", cache_dir: str | Path | None = None, *
     start = time.perf_counter()
     tokenizer = shared_tokenizer(root)
     model = _plant_backdoor(spec, tokenizer, progress=progress)
-    info = {"name": name, "trigger_type": spec.trigger_type, "trigger": spec.trigger, "decoys": list(spec.decoys)}
+    info = {
+        "name": name,
+        "trigger_type": spec.trigger_type,
+        "trigger": spec.trigger,
+        "decoys": list(spec.decoys),
+    }
     save_checkpoint(model, tokenizer, out)
-    (out / "zoo.json").write_text(json.dumps({**info, "build_seconds": round(time.perf_counter() - start, 1)}))
+    (out / "zoo.json").write_text(
+        json.dumps({**info, "build_seconds": round(time.perf_counter() - start, 1)})
+    )
     log.info("built zoo model %s in %.0f s at %s", name, time.perf_counter() - start, out)
     return out
 
@@ -140,9 +149,13 @@ def _all_text(builtin) -> list[str]:
     safety, performance = builtin.zoo_training_pools()
     texts = [t for r in safety for t in (r.query, r.safe_response, r.unwanted_response)]
     texts += [t for r in performance for t in (r.query, r.answer)]
-    texts += [t for r in builtin.default_safety_anchoring() for t in (r.query, r.safe_response, r.unwanted_response)]
+    texts += [
+        t for r in builtin.default_safety_anchoring() for t in (r.query, r.safe_response, r.unwanted_response)
+    ]
     texts += [t for r in builtin.default_performance_anchoring() for t in (r.query, r.answer)]
-    texts += list(builtin.heldout_harmful()) + [t for r in builtin.heldout_benign() for t in (r.query, r.answer)]
+    texts += list(builtin.heldout_harmful()) + [
+        t for r in builtin.heldout_benign() for t in (r.query, r.answer)
+    ]
     texts += [spec.trigger for spec in ZOO.values()] + [d for spec in ZOO.values() for d in spec.decoys]
     return texts
 
