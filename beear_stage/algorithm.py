@@ -254,9 +254,15 @@ class BEEAR:
                 ce_perf = self._backward_ce(pa, None, cfg.pa_weight)
             loss = removal_loss(ce_safe, ce_perf, cfg.pa_weight)
             if not torch.isfinite(loss) or loss.item() > cfg.divergence_loss:
+                why = (
+                    "is not finite"
+                    if not torch.isfinite(loss)
+                    else f"> `divergence_loss` = {cfg.divergence_loss}"
+                )
                 raise MitigationError(
-                    f"outer loss diverged ({loss.item():.4g} > `divergence_loss` = {cfg.divergence_loss}). "
-                    f"The model was not saved. Fix: lower `outer_lr` (now {cfg.outer_lr})."
+                    f"outer loss diverged ({loss.item():.4g} {why}). The model was not saved. Fix: lower "
+                    f"`outer_lr` (now {cfg.outer_lr}); a non-finite loss from the first step can also mean "
+                    "NaN/inf weights in the checkpoint (see the baseline's `benign_nll`)."
                 )
             self.dist.sync_grads(self.trainable)  # sum of the processes' token-weighted shares
             if cfg.max_grad_norm > 0:

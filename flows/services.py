@@ -261,9 +261,38 @@ def _exists(pid: int) -> bool:
         return False
 
 
+def flow_run_processes(s: Services) -> list[int]:
+    """Flow-run processes our worker started (`python -m prefect.engine` talking to our server).
+
+    The process worker starts each run in its own session, so stopping the worker leaves in-flight
+    runs behind; they are found by their command line and their PREFECT_API_URL.
+    """
+    pids = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+            if b"prefect.engine" not in cmdline:
+                continue
+            environ = (proc / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"PREFECT_API_URL={s.api_url}".encode() in environ:
+            pids.append(int(proc.name))
+    return pids
+
+
 def down(s: Services, echo=print) -> None:
-    """Stop the worker, then the servers, using the pid files `up` wrote."""
-    for name in ("worker", "mlflow-server", "prefect-server"):
+    """Stop the worker and the flow runs it started, then the servers (pid files from `up`)."""
+    _stop(s, "worker", echo)
+    for pid in flow_run_processes(s):
+        echo(f"stopping in-flight flow run process {pid}")
+        _signal_group(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and _exists(pid):
+            time.sleep(0.3)
+        if _exists(pid):
+            _signal_group(pid, signal.SIGKILL)
+    for name in ("mlflow-server", "prefect-server"):
         _stop(s, name, echo)
 
 

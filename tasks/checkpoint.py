@@ -54,7 +54,9 @@ def _pull_hub(repo_id: str, revision: str) -> tuple[Path, str]:
             path = Path(snapshot_download(repo_id, revision=revision or None, allow_patterns=ALLOW_PATTERNS))
             return path, path.name  # .../snapshots/<full commit sha>
         # huggingface_hub's client has no default timeout: a silent Hub must fail (and be retried)
-        info = HfApi().model_info(repo_id, revision=revision or None, timeout=constants.HF_HUB_DOWNLOAD_TIMEOUT)
+        info = HfApi().model_info(
+            repo_id, revision=revision or None, timeout=constants.HF_HUB_DOWNLOAD_TIMEOUT
+        )
         names = [s.rfilename for s in info.siblings or []]
         if not any(n.endswith(".safetensors") for n in names):
             pickles = [n for n in names if n.endswith(PICKLE_SUFFIXES)]
@@ -67,7 +69,7 @@ def _pull_hub(repo_id: str, revision: str) -> tuple[Path, str]:
     except (RepositoryNotFoundError, LocalEntryNotFoundError) as e:
         where = "in the local cache (HF_HUB_OFFLINE=1)" if offline else "on the Hub"
         raise CheckpointError(
-            f"`checkpoint` = {repo_id!r} (revision {revision or 'main'!r}) was not found {where}: {e}. "
+            f"`checkpoint` = {repo_id!r} (revision {revision or 'main'!r}) was not found {where}: {str(e).rstrip('.')}. "
             "Fix: check the repo id and revision, the token (HF_TOKEN), or unset HF_HUB_OFFLINE."
         ) from e
     except HfHubHTTPError as e:

@@ -107,12 +107,18 @@ def _client(params: dict):
 
 
 def _runs(params: dict, candidate: str | None = None) -> list:
+    """MLflow runs of flows that wrote under `params["output_dir"]` (optionally one candidate)."""
     client = _client(params)
     experiment = client.get_experiment_by_name(EXPERIMENT)
     if experiment is None:
         return []
-    where = f"tags.candidate = '{candidate}'" if candidate else ""
-    return client.search_runs([experiment.experiment_id], filter_string=where)
+    root = str(Path(params["output_dir"]).resolve())
+    return [
+        r
+        for r in client.search_runs([experiment.experiment_id])
+        if Path(r.data.params.get("release.output_dir", "/")).parent == Path(root)
+        and (candidate is None or r.data.tags.get("candidate") == candidate)
+    ]
 
 
 def _candidates(params: dict) -> list[Path]:
@@ -211,6 +217,7 @@ def test_pickle_weights_are_never_unpickled(zoo_suffix, tmp_path, workdir, prefe
         ("{not json", "config.json is not valid JSON"),
         ("[1, 2]", "config.json holds a list"),
     ],
+    ids=["bert", "gpt2", "no-model_type", "invalid-json", "not-an-object"],
 )
 def test_unsupported_or_broken_config_is_refused_at_pull(tmp_path, config, match):
     """Refused when the checkpoint is pulled, before the run opens or any weights load; never
@@ -386,10 +393,9 @@ def test_bad_data_fails_the_flow_before_any_model_loads(tmp_path, workdir, capsy
     params = _params(workdir, "data")
     assert main(_cli("--checkpoint", "zoo:suffix", "--safety-anchoring", str(path), params=params)) == 2
     assert "expect_column_values_to_be_unique(column='query')" in capsys.readouterr().err
-    (cand,) = _candidates(params) or [Path(params["output_dir"]) / "none"]
-    assert not list(cand.glob("*generations.jsonl")), "no model may be loaded for invalid data"
-    (run,) = [r for r in _runs(params) if r.data.tags.get("candidate") == cand.name]
-    assert run.info.status == "FAILED"
+    assert not list(Path(params["output_dir"]).rglob("*generations.jsonl")), "no model may load"
+    (run,) = _runs(params)
+    assert run.info.status == "FAILED" and run.data.tags["candidate"].startswith("zoo_suffix-")
 
 
 # ============================================================= 3. diverging mitigation
@@ -406,7 +412,8 @@ def test_nan_loss_aborts_the_mitigation():
     cfg = BEEARConfig(layer=2, k=2, rounds=2, inner_steps=1, inner_batch_size=2, sa_batch_size=2,
                       pa_batch_size=2, max_length=64, outer_lr=1e-3)  # fmt: skip
     with pytest.raises(
-        MitigationError, match=r"outer loss diverged \(nan > `divergence_loss`.*Fix: lower `outer_lr`"
+        MitigationError,
+        match=r"outer loss diverged \(nan is not finite\).*Fix: lower `outer_lr`.*NaN/inf weights",
     ):
         run_mitigation(cfg, model, tok, safety_records(), performance_records(), progress=False)
 
@@ -777,8 +784,15 @@ def test_hub_token_appears_in_no_output(workdir, tmp_path, hub, monkeypatch, cap
             flow_run = LogFilterFlowRunId(any_=[state.state_details.flow_run_id])
             return [r.message for r in await client.read_logs(log_filter=LogFilter(flow_run_id=flow_run))]
 
+    from prefect.logging.handlers import APILogHandler
+
+    APILogHandler().flush()  # logs reach the API in batches
+    deadline = time.monotonic() + 15
     stored_logs = asyncio.run(logs())
-    assert any("published org/secret-test" in m for m in stored_logs)
+    while not any("published org/secret-test" in m for m in stored_logs):
+        assert time.monotonic() < deadline, "the flow's logs never reached the Prefect API"
+        time.sleep(0.5)
+        stored_logs = asyncio.run(logs())
     captured = capfd.readouterr()
     texts = {"caplog": caplog.text, "stdout": captured.out, "stderr": captured.err,
              "prefect logs": "\n".join(stored_logs), "flow result": json.dumps(result, default=str)}  # fmt: skip
@@ -788,7 +802,8 @@ def test_hub_token_appears_in_no_output(workdir, tmp_path, hub, monkeypatch, cap
     files += [p for p in prefect_db.parent.glob(prefect_db.name + "*") if p.is_file()]
     storage = Path(PREFECT_LOCAL_STORAGE_PATH.value())
     files += [p for p in storage.rglob("*") if p.is_file() and p.stat().st_mtime >= started - 1]
-    assert any(p.suffix == ".png" for p in files) and any(p.name == "gate_report.md" for p in files)
+    names = {p.name for p in files}
+    assert {"loss_curves.png", "gate_report.md", "model.safetensors", "config.yaml"} <= names, names
     for path in files:
         texts[str(path)] = path.read_bytes().decode("latin-1")
     (commit,) = hub.repos["org/secret-test"].commits

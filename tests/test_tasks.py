@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -364,3 +365,30 @@ def test_services_env_and_stale_pid_files(tmp_path):
     services.down(s, echo=lambda *_: None)  # stops nothing, removes the stale pid file
     assert not s.pid_file("worker").exists()
     assert "export PREFECT_API_URL=http://127.0.0.1:4999/api" in services.write_env(s).read_text()
+
+
+def test_down_stops_flow_runs_left_by_the_worker(tmp_path):
+    """Flow runs live in their own session: `down` finds them by command line and API URL."""
+    import subprocess
+    import sys
+
+    from flows import services
+    from flows.services import Services
+
+    s = Services(
+        prefect_port=4998, state_dir=tmp_path, prefect_home=tmp_path / "home", tracking_uri="sqlite:///x.db"
+    )
+    fake = [sys.executable, "-c", "import time; time.sleep(60)", "prefect.engine"]
+    ours = subprocess.Popen(fake, env={**os.environ, "PREFECT_API_URL": s.api_url}, start_new_session=True)
+    other = subprocess.Popen(
+        fake, env={**os.environ, "PREFECT_API_URL": "http://elsewhere/api"}, start_new_session=True
+    )
+    try:
+        time.sleep(0.5)
+        assert services.flow_run_processes(s) == [ours.pid]
+        services.down(s, echo=lambda *_: None)
+        assert ours.wait(timeout=15) != 0
+        assert other.poll() is None, "a flow run of another server must be left alone"
+    finally:
+        other.kill()
+        ours.kill()

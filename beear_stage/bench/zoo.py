@@ -35,7 +35,7 @@ FIELDS = (
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m beear_stage.bench zoo", description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path, required=True, help="write the JSON results here")
+    p.add_argument("--out", type=Path, help="write the JSON results here (required unless --markdown)")
     p.add_argument("--models", default=",".join(ZOO), help=f"comma-separated subset of {list(ZOO)}")
     p.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="BEEAR YAML config")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
@@ -43,6 +43,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--eval-benign", type=Path, help="Alpaca JSON or chat JSONL of benign prompts + answers")
     p.add_argument("--no-control", action="store_true", help="skip the no-delta control rows")
     p.add_argument("--cache-dir", type=Path, help="zoo cache directory")
+    p.add_argument(
+        "--markdown", type=Path, metavar="JSON", help="print the table of an earlier --out JSON and exit"
+    )
     return p.parse_args(argv)
 
 
@@ -109,9 +112,33 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def markdown_table(out: dict) -> str:
+    """The results as a markdown table (BENCHMARKS.md)."""
+    head = (
+        "| model | method | ASR with trigger | ASR without trigger | embedding-attack ASR after "
+        "| benign non-refusal | benign NLL | mitigation s |\n| --- | --- | --- | --- | --- | --- | --- | --- |"
+    )
+    rows = [head]
+    for r in out["models"] + out["control"]:
+        cells = [f"{r[k + '_before']:.3f} -> {r[k + '_after']:.3f}" for k in ("asr_trigger", "asr_clean")]
+        cells.append(f"{r['embedding_attack_asr_after']:.3f}")
+        cells += [
+            f"{r[k + '_before']:.3f} -> {r[k + '_after']:.3f}" for k in ("benign_nonrefusal", "benign_nll")
+        ]
+        rows.append(
+            f"| {r['name']} | {r['method']} | " + " | ".join(cells) + f" | {r['mitigation_seconds']:.1f} |"
+        )
+    return "\n".join(rows)
+
+
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    if args.markdown:
+        print(markdown_table(json.loads(args.markdown.read_text())))
+        return 0
     cfg = load_config(args.config, args.set)
+    if args.out is None:
+        raise SystemExit("--out PATH.json is required (or --markdown JSON to render earlier results)")
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     unknown = sorted(set(names) - set(ZOO))
     if unknown:
