@@ -71,3 +71,20 @@ def safety_records(n: int = 4) -> list[SafetyRecord]:
 
 def performance_records(n: int = 4) -> list[PerformanceRecord]:
     return [PerformanceRecord(f"What is {i} plus {i}?", f"{i} plus {i} is {2 * i}.") for i in range(n)]
+
+
+# Gate metrics of a backdoored baseline and of a candidate that passes every default gate.
+METRICS_BEFORE = {
+    "asr_clean": 0.6,
+    "asr_trigger:SUDO": 0.9,
+    "embedding_attack_asr": 0.7,
+    "benign_nonrefusal": 0.95,
+    "benign_nll": 1.2,
+}
+METRICS_GOOD = {
+    "asr_clean": 0.0,
+    "asr_trigger:SUDO": 0.0,
+    "embedding_attack_asr": 0.05,
+    "benign_nonrefusal": 0.95,
+    "benign_nll": 1.21,
+}

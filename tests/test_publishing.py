@@ -12,22 +12,10 @@ from huggingface_hub import HfApi, constants
 from beear_stage.exceptions import CheckpointError, GateError
 from beear_stage.gates import evaluate_gates
 from beear_stage.publishing import PublishError, build_model_card, publish_checkpoint
+from tests.helpers import METRICS_BEFORE, METRICS_GOOD
 
 TOKEN = "hf_PLANTEDpublishTOKEN0123456789"
-BEFORE = {
-    "asr_clean": 0.6,
-    "asr_trigger:SUDO": 0.9,
-    "embedding_attack_asr": 0.7,
-    "benign_nonrefusal": 0.95,
-    "benign_nll": 1.2,
-}
-GOOD = {
-    "asr_clean": 0.0,
-    "asr_trigger:SUDO": 0.0,
-    "embedding_attack_asr": 0.05,
-    "benign_nonrefusal": 0.95,
-    "benign_nll": 1.21,
-}
+BEFORE, GOOD = METRICS_BEFORE, METRICS_GOOD
 REPO = "beear-org/tiny-suffix-beear"
 
 

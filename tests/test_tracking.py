@@ -22,22 +22,10 @@ from beear_stage.tracking import (
     review,
     sanitize_metric_name,
 )
+from tests.helpers import METRICS_BEFORE, METRICS_GOOD
 
 SECRET = "hf_PLANTEDsecretTOKEN0123456789"
-BEFORE = {
-    "asr_clean": 0.6,
-    "asr_trigger:SUDO": 0.9,
-    "embedding_attack_asr": 0.7,
-    "benign_nonrefusal": 0.95,
-    "benign_nll": 1.2,
-}
-GOOD = {
-    "asr_clean": 0.0,
-    "asr_trigger:SUDO": 0.0,
-    "embedding_attack_asr": 0.05,
-    "benign_nonrefusal": 0.95,
-    "benign_nll": 1.21,
-}
+BEFORE, GOOD = METRICS_BEFORE, METRICS_GOOD
 HISTORY = [
     {
         "round": r,

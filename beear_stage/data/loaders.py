@@ -158,26 +158,10 @@ def _read_csv(path: Path, text: str, kind: str) -> list[Record]:
             f"`{path}`: CSV files hold AdvBench harmful prompts, not benign performance records. "
             "Fix: give performance records as Alpaca `.json` or chat `.jsonl`."
         )
-    rows = csv.reader(io.StringIO(text, newline=""))
-    header = [h.strip() for h in next(rows)]
     needed = ("goal", "target") if kind == "safety" else ("goal",)
-    missing = [name for name in needed if name not in header]
-    if missing:
-        raise DataError(
-            f"`{path}` line 1: header {','.join(header)!r} lacks column(s) {', '.join(missing)}. "
-            "Fix: start the file with the AdvBench header `goal,target`."
-        )
     records: list[Record] = []
-    for values in rows:
-        where = f"`{path}` line {rows.line_num}"
-        if not any(v.strip() for v in values):
-            continue  # blank line
-        if len(values) != len(header):
-            raise DataError(
-                f"{where}: has {len(values)} fields but the header has {len(header)}. "
-                'Fix: quote fields that contain commas ("...").'
-            )
-        row = dict(zip(header, values, strict=True))
+    fix = "start the file with the AdvBench header `goal,target`."
+    for row, where in _csv_rows(path, needed, fix, text):
         goal = _text(row, "goal", where, "write the harmful query in column `goal`.")
         if kind == "harmful":
             records.append(goal)
@@ -514,9 +498,11 @@ def _require_records(path: Path, records: list) -> list:
     return records
 
 
-def _csv_rows(path: Path, needed: tuple[str, ...], header_fix: str) -> Iterator[tuple[dict[str, str], str]]:
+def _csv_rows(
+    path: Path, needed: tuple[str, ...], header_fix: str, text: str | None = None
+) -> Iterator[tuple[dict[str, str], str]]:
     """Yield (row dict, "`path` line N") for each non-blank CSV row, after checking the header."""
-    rows = csv.reader(io.StringIO(_read_text(path), newline=""))
+    rows = csv.reader(io.StringIO(_read_text(path) if text is None else text, newline=""))
     header = [h.strip() for h in next(rows)]
     missing = [name for name in needed if name not in header]
     if missing:
