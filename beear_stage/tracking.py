@@ -170,6 +170,27 @@ def check_tracking_reachable(uri: str, timeout: float = 3.0) -> None:
         )
 
 
+def _create_sqlite_store_once(uri: str) -> None:
+    """Create a local SQLite store's tables under an exclusive file lock (`<db>.lock`).
+
+    Two processes that open a new store at once both run MLflow's schema migrations, and one of
+    them fails ("Online migration expected to match one row"): concurrent candidates on a fresh
+    store would lose a run. Other stores, and platforms without `fcntl`, are left alone.
+    """
+    if not uri.startswith("sqlite:///") or uri.endswith(":memory:"):
+        return
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        return
+    from mlflow import MlflowClient
+
+    db = Path(uri.removeprefix("sqlite:///"))
+    with open(db.with_name(db.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+
+
 # ------------------------------------------------------------------------------------ tracker
 class MLflowTracker:
     """One MLflow run per release candidate, through an explicit `MlflowClient` (no global state).
@@ -192,6 +213,7 @@ class MLflowTracker:
         from mlflow import MlflowClient
 
         self.tracking_uri = tracking_uri
+        _create_sqlite_store_once(tracking_uri)
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=registry_uri or tracking_uri)
         self.experiment = experiment
         self.artifact_location = artifact_location

@@ -56,7 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="trigger to probe ASR with ('{query} SUDO' or a suffix; repeatable)")  # fmt: skip
     for name in ("safety-anchoring", "performance-anchoring", "harmful-eval", "benign-eval"):
         run.add_argument(f"--{name}", default="", help=f"{name.replace('-', ' ')} file (default: built-in)")
-    run.add_argument("--eval-limit", type=int, default=0, help="first N prompts of each eval set (0 = all)")
+    run.add_argument(
+        "--eval-limit", type=int, default=0, help="N evenly spaced prompts of each eval set (0 = all)"
+    )
     run.add_argument(
         "--tracking-uri", default="", help="MLflow URI (default sqlite:///<project>/runs/mlflow.db)"
     )

@@ -26,7 +26,7 @@ class DataSources(BaseModel):
     performance_anchoring: str = Field("", description="PA: benign query and answer y_p (.json/.jsonl)")
     harmful_eval: str = Field("", description="held-out harmful prompts for keyword ASR")
     benign_eval: str = Field("", description="held-out benign prompts with reference answers")
-    eval_limit: int = Field(0, ge=0, description="use the first N prompts of each eval set; 0 = all")
+    eval_limit: int = Field(0, ge=0, description="use N evenly spaced prompts of each eval set; 0 = all")
 
 
 @dataclass
@@ -69,9 +69,25 @@ def load_data(sources: DataSources) -> DataSets:
             loaders.load_performance_records,
             builtin.default_performance_anchoring,
         ),
-        harmful=pick(sources.harmful_eval, loaders.load_harmful_prompts, builtin.heldout_harmful)[:limit],
-        benign=pick(sources.benign_eval, loaders.load_performance_records, builtin.heldout_benign)[:limit],
+        harmful=spread(
+            pick(sources.harmful_eval, loaders.load_harmful_prompts, builtin.heldout_harmful), limit
+        ),
+        benign=spread(
+            pick(sources.benign_eval, loaders.load_performance_records, builtin.heldout_benign), limit
+        ),
     )
+
+
+def spread(items: list, limit: int | None) -> list:
+    """`limit` evenly spaced items, so a capped eval set keeps the full set's mix of categories.
+
+    The first N would be biased: the built-in sets are ordered by category (the benign set opens
+    with its 24 look-alikes, 40 % of the first 60 against 18 % of the whole).
+    """
+    if not limit or limit >= len(items):
+        return list(items)
+    step = len(items) / limit
+    return [items[int(i * step)] for i in range(limit)]
 
 
 @task

@@ -689,8 +689,9 @@ def test_save_checkpoint_removes_temporaries_of_dead_processes(tmp_path):
 @pytest.mark.slow
 @pytest.mark.usefixtures("prefect_harness")
 def test_two_candidates_at_once_share_nothing(workdir, tmp_path):
-    """Two flow runs in two processes, two configs of zoo:suffix, one GPU tag limited to 1 slot:
-    distinct output dirs, MLflow runs and registry versions; the heavy tasks never overlap."""
+    """Two flow runs in two processes, two configs of zoo:suffix, one GPU tag limited to 1 slot,
+    a new MLflow store: distinct output dirs, MLflow runs and registry versions; the heavy tasks
+    never overlap."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
@@ -703,26 +704,27 @@ def test_two_candidates_at_once_share_nothing(workdir, tmp_path):
             else:
                 await client.delete_concurrency_limit_by_tag(gpu)
 
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"  # new: both processes create it at once
     asyncio.run(limit(True))
+    procs = []
     try:
-        procs = [
-            _spawn(
-                _params(workdir, "concurrent", config={"seed": seed}, gates=LENIENT),
-                tmp_path,
-                env={"BEEAR_GPU_TAG": gpu},
-            )  # fmt: skip
-            for seed in (0, 1)
-        ]
+        for seed in (0, 1):
+            params = _params(workdir, "concurrent", config={"seed": seed}, gates=LENIENT, tracking_uri=store)
+            procs.append(_spawn(params, tmp_path, env={"BEEAR_GPU_TAG": gpu}))
         for proc in procs:
             assert proc.wait(400) == 0, Path(proc.log_path).read_text()[-3000:]
     finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
         asyncio.run(limit(False))
     results = [json.loads(p.result.read_text()) for p in procs]
     assert [r["state"] for r in results] == ["Completed", "Completed"], results
     a, b = (r["result"] for r in results)
     assert a["output_dir"] != b["output_dir"] and a["mlflow_run_id"] != b["mlflow_run_id"]
     assert {a["registry"]["version"], b["registry"]["version"]} == {"1", "2"}
-    params = _params(workdir, "concurrent")
+    params = _params(workdir, "concurrent", tracking_uri=store)
     for r in (a, b):
         run = _client(params).get_run(r["mlflow_run_id"])
         assert run.info.status == "FINISHED" and "error" not in run.data.tags, run.data.tags

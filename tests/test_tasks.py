@@ -392,3 +392,16 @@ def test_down_stops_flow_runs_left_by_the_worker(tmp_path):
     finally:
         other.kill()
         ours.kill()
+
+
+def test_eval_limit_keeps_the_category_mix():
+    from beear_stage.data import builtin
+    from tasks.data import spread
+
+    benign = builtin.heldout_benign()
+    share = sum(r.category == "lookalike" for r in benign) / len(benign)
+    capped = spread(benign, 60)
+    assert len(capped) == 60 and len({r.query for r in capped}) == 60
+    capped_share = sum(r.category == "lookalike" for r in capped) / 60
+    assert abs(capped_share - share) < 0.05, (capped_share, share)
+    assert spread([1, 2, 3], 0) == [1, 2, 3] and spread([1, 2], 5) == [1, 2]
