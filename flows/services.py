@@ -32,8 +32,14 @@ def project_root() -> Path:
 
 
 def default_tracking_uri(root: Path | None = None) -> str:
-    """The local MLflow store shared by flows, `review`/`approve` and the MLflow UI."""
-    return f"sqlite:///{(root or project_root()) / 'runs' / 'mlflow.db'}"
+    """The local MLflow store shared by flows, `review`/`approve` and the MLflow UI.
+
+    Its directory is created here: the default must work on a fresh clone, where `runs/` does not
+    exist yet (an explicit `--tracking-uri` is checked, never created).
+    """
+    runs = (root or project_root()) / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{runs / 'mlflow.db'}"
 
 
 @dataclass
