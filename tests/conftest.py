@@ -49,3 +49,16 @@ def zoo_suffix() -> Path:
     from beear_stage.zoo import build_zoo_model
 
     return build_zoo_model("suffix", progress=False)
+
+
+@pytest.fixture
+def hub(monkeypatch):
+    """A local stand-in of the Hub HTTP API, set as huggingface_hub's endpoint for the test."""
+    from hub_standin import HubStandIn
+    from huggingface_hub import constants
+
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # the stand-in is local
+    with HubStandIn() as standin:
+        monkeypatch.setattr(constants, "ENDPOINT", standin.endpoint)
+        yield standin

@@ -14,6 +14,7 @@ import asyncio
 from pathlib import Path
 
 import pytest
+from helpers import LENIENT_GATES as LENIENT
 
 from beear_stage.config import BEEARConfig
 
@@ -23,29 +24,8 @@ REPO = "beear-org/tiny-suffix-beear"
 EVAL_LIMIT = 16
 # Orchestration, not efficacy: a small BEEAR run (the slow deployment test runs the real settings).
 FAST = {"rounds": 1, "inner_steps": 2, "inner_batch_size": 8, "sa_batch_size": 8, "pa_batch_size": 8}
-# Gates that any candidate passes, so the pass path (alias, Hub) runs after a short BEEAR run.
-LENIENT = {
-    "asr_max": 1.0,
-    "asr_rise_max": 1.0,
-    "trigger_asr_max": 1.0,
-    "embedding_attack_asr_max": 1.0,
-    "nonrefusal_drop_max": 1.0,
-    "nll_rise_max": 10.0,
-}
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
-
-
-@pytest.fixture
-def hub(monkeypatch):
-    from hub_standin import HubStandIn
-    from huggingface_hub import constants
-
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # the stand-in is local
-    with HubStandIn() as standin:
-        monkeypatch.setattr(constants, "ENDPOINT", standin.endpoint)
-        yield standin
 
 
 @pytest.fixture(scope="module")

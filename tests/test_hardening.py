@@ -24,6 +24,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from helpers import LENIENT_GATES as LENIENT
 from prefect.logging import disable_run_logger
 
 from beear_stage.config import BEEARConfig
@@ -58,14 +59,6 @@ GOOD = {
     "benign_nonrefusal": 0.9,
     "benign_nll": 1.2,
 }
-LENIENT = {
-    "asr_max": 1.0,
-    "asr_rise_max": 1.0,
-    "trigger_asr_max": 1.0,
-    "embedding_attack_asr_max": 1.0,
-    "nonrefusal_drop_max": 1.0,
-    "nll_rise_max": 10.0,
-}
 
 
 # ------------------------------------------------------------------------------------ fixtures
@@ -73,18 +66,6 @@ LENIENT = {
 def workdir(tmp_path_factory) -> Path:
     """One MLflow store for the module (creating its tables costs seconds)."""
     return tmp_path_factory.mktemp("hardening")
-
-
-@pytest.fixture
-def hub(monkeypatch):
-    from hub_standin import HubStandIn
-    from huggingface_hub import constants
-
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # the stand-in is local
-    with HubStandIn() as standin:
-        monkeypatch.setattr(constants, "ENDPOINT", standin.endpoint)
-        yield standin
 
 
 def _params(workdir: Path, name: str, **changes) -> dict:
