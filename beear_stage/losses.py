@@ -24,17 +24,6 @@ def response_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     )
 
 
-def per_example_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean response cross-entropy per row. Shape (B,)."""
-    shift_logits = logits[:, :-1].float()
-    shift_labels = labels[:, 1:]
-    tok = F.cross_entropy(
-        shift_logits.transpose(1, 2), shift_labels, ignore_index=IGNORE_INDEX, reduction="none"
-    )
-    count = (shift_labels != IGNORE_INDEX).sum(dim=1).clamp(min=1)
-    return tok.sum(dim=1) / count
-
-
 def entrapment_loss(
     ce_unwanted: torch.Tensor, ce_safe: torch.Tensor, alpha: float, alpha_cap: float
 ) -> torch.Tensor:
