@@ -11,6 +11,10 @@ BEEAR alternates two levels, without ever seeing the trigger:
   outer (Adversarial Removal), delta fixed:
       theta* = argmin_theta  CE(y_s | x, delta*) + CE(y_p | x_p)                            over SA, PA
 
+Options beyond the paper (off by default, see BEEARConfig): `pa_response_tokens` cuts y_p to its first
+tokens (the answer-or-refuse decision), `pa_loss: kl` replaces CE(y_p | x_p) by the KL to the model
+before mitigation, and `pa_delta_weight` adds the PA term under delta*.
+
 delta has shape (k, hidden) and is added to the output of decoder layer l at the last k prompt
 positions. The inner level only needs the layers above l, so h_l is computed once per round
 (no gradients) and reused for every inner step.
@@ -19,6 +23,7 @@ positions. The inner level only needs the layers above l, so h_l is computed onc
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import math
 import random
@@ -34,18 +39,17 @@ from beear_stage.batching import MicroBatch, micro_batches
 from beear_stage.config import BEEARConfig
 from beear_stage.data.records import PerformanceRecord, SafetyRecord
 from beear_stage.distributed import SingleProcess
-from beear_stage.exceptions import ConfigError, MitigationError
+from beear_stage.exceptions import ConfigError
 from beear_stage.kernels import fused_rms_norm
-from beear_stage.losses import entrapment_loss, removal_loss
+from beear_stage.losses import distillation_kl, entrapment_loss, removal_loss
 from beear_stage.model import (
     add_delta,
     check_supported,
-    decoder_layers,
     full_logits,
     lower_hidden,
     upper_logits,
 )
-from beear_stage.optim import MasterWeightOptimizer, fused_available, needs_master_weights
+from beear_stage.optim import apply_step, check_divergence, end_training, outer_optimizer, set_trainable
 from beear_stage.templates import Batch, EncodedExample, collate, encode_example, last_k_positions, pad_id_of
 
 log = logging.getLogger(__name__)
@@ -116,37 +120,19 @@ class BEEAR:
         self.sa_safe = [
             _cut(encode_example(self.tokenizer, r.query, r.safe_response, n), cut) for r in self.safety
         ]
-        self.pa = [encode_example(self.tokenizer, r.query, r.answer, n) for r in self.performance]
+        self.pa = [
+            _cut(encode_example(self.tokenizer, r.query, r.answer, n), cfg.pa_response_tokens)
+            for r in self.performance
+        ]
+        # pa_loss "kl": a frozen copy of the model before mitigation is the PA teacher.
+        self.teacher = None
+        if cfg.pa_loss == "kl" and self.performance and (cfg.pa_weight > 0 or cfg.pa_delta_weight > 0):
+            self.teacher = copy.deepcopy(self.model).eval().requires_grad_(False)
         # Trainable scope before the optimiser, which only sees trainable parameters.
-        self.trainable = self._setup_trainable()
-        self.optimizer = self._setup_optimizer(self.trainable)
+        self.trainable = set_trainable(self.model, cfg.trainable, cfg.layer)
+        self.optimizer = outer_optimizer(self.trainable, cfg.outer_optimizer, cfg.outer_lr, cfg.weight_decay)
         if cfg.gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
-
-    def _setup_trainable(self) -> list[torch.nn.Parameter]:
-        for p in self.model.parameters():
-            p.requires_grad_(False)
-        if self.cfg.trainable == "all":
-            modules = [self.model]
-        else:  # "upto_layer": the embeddings and the decoder layers below the anchor
-            modules = [self.model.get_input_embeddings(), *list(decoder_layers(self.model))[: self.cfg.layer]]
-        params = list({id(p): p for m in modules for p in m.parameters()}.values())
-        for p in params:
-            p.requires_grad_(True)
-        return params
-
-    def _setup_optimizer(self, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
-        cfg = self.cfg
-        fused = {"fused": True} if fused_available(params) else {}  # one kernel per step on CUDA
-
-        def make(tensors):
-            if cfg.outer_optimizer == "sgd":  # stateless: fits a full 7B update on one card
-                return torch.optim.SGD(tensors, lr=cfg.outer_lr, weight_decay=cfg.weight_decay, **fused)
-            return torch.optim.AdamW(tensors, lr=cfg.outer_lr, weight_decay=cfg.weight_decay, **fused)
-
-        if needs_master_weights(params):  # bf16 weights would round steps of ~outer_lr away
-            return MasterWeightOptimizer(params, make)
-        return make(params)
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> BEEARResult:
@@ -248,32 +234,29 @@ class BEEAR:
             # Both terms back-propagate micro-batch by micro-batch; the step waits for the check.
             ce_safe = self._backward_ce(sa, delta, 1.0)
             ce_perf = torch.zeros((), device=self.device)
-            if cfg.pa_weight > 0:
+            ce_perf_delta = None
+            if cfg.pa_weight > 0 or cfg.pa_delta_weight > 0:
                 pa_rows = min(self.dist.local_batch(cfg.pa_batch_size), len(self.pa))
                 pa = collate(self.rng.sample(self.pa, pa_rows), self.pad_id)
-                ce_perf = self._backward_ce(pa, None, cfg.pa_weight)
-            loss = removal_loss(ce_safe, ce_perf, cfg.pa_weight)
-            if not torch.isfinite(loss) or loss.item() > cfg.divergence_loss:
-                why = (
-                    "is not finite"
-                    if not torch.isfinite(loss)
-                    else f"> `divergence_loss` = {cfg.divergence_loss}"
-                )
-                raise MitigationError(
-                    f"outer loss diverged ({loss.item():.4g} {why}). The model was not saved. Fix: lower "
-                    f"`outer_lr` (now {cfg.outer_lr}); a non-finite loss from the first step can also mean "
-                    "NaN/inf weights in the checkpoint (see the baseline's `benign_nll`)."
-                )
-            self.dist.sync_grads(self.trainable)  # sum of the processes' token-weighted shares
-            if cfg.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(self.trainable, cfg.max_grad_norm)
-            self.optimizer.step()
+                if cfg.pa_weight > 0:
+                    ce_perf = self._backward_ce(pa, None, cfg.pa_weight, teacher=self.teacher)
+                if cfg.pa_delta_weight > 0 and delta is not None:  # the same benign rows, under delta
+                    ce_perf_delta = self._backward_ce(pa, delta, cfg.pa_delta_weight, teacher=self.teacher)
+            loss = removal_loss(ce_safe, ce_perf, cfg.pa_weight, ce_perf_delta, cfg.pa_delta_weight)
+            check_divergence(
+                loss.item(), cfg.divergence_loss, "outer loss", f"lower `outer_lr` (now {cfg.outer_lr})"
+            )
+            # the processes' token-weighted shares are summed before the step
+            apply_step(self.optimizer, self.trainable, self.dist, cfg.max_grad_norm)
         self.model.eval()
-        return {
+        stats = {
             "outer_safe_loss": ce_safe.item(),
             "outer_perf_loss": ce_perf.item(),
             "outer_loss": loss.item(),
         }
+        if ce_perf_delta is not None:
+            stats["outer_perf_delta_loss"] = ce_perf_delta.item()
+        return stats
 
     # ------------------------------------------------------------------ helpers
     def _safety_batches(self, size: int) -> list[_SafetyBatch]:
@@ -299,9 +282,16 @@ class BEEAR:
         return lower_hidden(self.model, batch.input_ids, batch.attention_mask, self.cfg.layer)
 
     def _backward_ce(
-        self, batch: Batch, delta: torch.Tensor | None, weight: float, hidden: torch.Tensor | None = None
+        self,
+        batch: Batch,
+        delta: torch.Tensor | None,
+        weight: float,
+        hidden: torch.Tensor | None = None,
+        teacher=None,
     ) -> torch.Tensor:
         """Back-propagate `weight` * CE(batch) one micro-batch at a time; return the detached CE.
+
+        With a `teacher` model the per-token loss is KL(teacher || model) instead of the CE.
 
         Each micro-batch's mean CE is weighted by its share of the batch's response tokens, so the
         accumulated gradient equals one pass over the whole batch (`micro_batch_size` = None).
@@ -311,15 +301,22 @@ class BEEAR:
         rank_share = self.dist.rank_share(sum(p.tokens for p in parts))  # 1.0 in one process
         mean = torch.zeros((), device=self.device)
         for part in parts:
-            ce = self._ce_with_delta(part, delta, hidden)
+            ce = self._ce_with_delta(part, delta, hidden, teacher)
             (ce * (part.share * rank_share * weight)).backward()
             mean = mean + ce.detach() * (part.share * rank_share)
         return self.dist.all_reduce_sum(mean)
 
     def _ce_with_delta(
-        self, part: MicroBatch, delta: torch.Tensor | None, hidden: torch.Tensor | None = None
+        self,
+        part: MicroBatch,
+        delta: torch.Tensor | None,
+        hidden: torch.Tensor | None = None,
+        teacher=None,
     ) -> torch.Tensor:
         """Mean response CE of one micro-batch: CE(y | x, delta), or CE(y | x) for delta None.
+
+        With a `teacher`, the mean KL(teacher(y | x) || model(y | x, delta)) at the same positions
+        (the teacher never sees delta).
 
         The LM head and the softmax run on the response tokens only; no padding mask is passed
         (right padding makes the causal mask exact for every real token, see batching.py).
@@ -333,14 +330,14 @@ class BEEAR:
                 h = hidden.index_select(0, part.rows)[:, : part.width]
             h = add_delta(h, delta, part.delta_positions)
             logits = upper_logits(self.model, h, None, self.cfg.layer, positions=part.predict_index)
+        if teacher is not None:
+            with torch.no_grad():
+                reference = full_logits(teacher, part.input_ids, None, positions=part.predict_index)
+            return distillation_kl(logits, reference)
         return F.cross_entropy(logits.float(), part.targets)  # = losses.response_ce on full logits
 
     def _finish(self) -> None:
-        if self.cfg.gradient_checkpointing:
-            self.model.gradient_checkpointing_disable()
-        for p in self.model.parameters():
-            p.requires_grad_(False)
-        self.model.eval()
+        end_training(self.model, self.cfg.gradient_checkpointing)
 
 
 def _at_delta_positions(batch: Batch, hidden: torch.Tensor, k: int) -> torch.Tensor:
@@ -381,8 +378,13 @@ def run_mitigation(
     progress: bool = True,
     dist: SingleProcess | None = None,
 ) -> BEEARResult:
-    """Run `cfg.method` ("beear", "sft" control, or "none") on `model` in place.
+    """Run `cfg.method` ("beear", "sft" control, "crow", or "none") on `model` in place.
 
+    "crow" (`beear_stage.crow.CROW`) uses only the performance records; `safety` is ignored.
     `dist`: `beear_stage.distributed.DataParallel()` splits the work across processes.
     """
+    if cfg.method == "crow":
+        from beear_stage.crow import CROW  # crow.py imports BEEARResult from this module
+
+        return CROW(cfg, model, tokenizer, performance, progress=progress, dist=dist).run()
     return BEEAR(cfg, model, tokenizer, safety, performance, progress=progress, dist=dist).run()

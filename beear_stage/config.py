@@ -17,20 +17,23 @@ from typing import Any
 
 from beear_stage.exceptions import ConfigError
 
-METHODS = ("beear", "sft", "none")
+METHODS = ("beear", "sft", "crow", "none")
 TRAINABLE_SCOPES = ("all", "upto_layer")
 OUTER_OPTIMIZERS = ("adamw", "sgd")
+PA_LOSSES = ("ce", "kl")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 @dataclass
 class BEEARConfig:
-    """Configuration of one mitigation run (BEEAR, arXiv 2406.17092).
+    """Configuration of one mitigation run (BEEAR, arXiv 2406.17092, or CROW, arXiv 2411.12768).
 
     Method:
         method (str, "beear"): "beear" runs the bi-level loop; "sft" runs the same outer
             fine-tuning with delta fixed at zero (the control that shows delta matters);
-            "none" skips mitigation (baseline / gate-failure drills).
+            "crow" runs CROW (`beear_stage.crow`: internal-consistency regularisation on the
+            performance-anchoring records only, see "CROW" below); "none" skips mitigation
+            (baseline / gate-failure drills).
 
     Model:
         layer (int, 9): anchor layer l. delta is added to the hidden state after the first
@@ -69,9 +72,34 @@ class BEEARConfig:
         sa_batch_size (int, 16): safety records per outer step (CE(y_s | x, delta)).
         pa_batch_size (int, 16): performance records per outer step (CE(y_p | x)).
         pa_weight (float, 1.0): weight of the performance-anchoring term.
+        pa_response_tokens (int | None, None): keep only the first n tokens of the PA answers y_p.
+            The refuse-or-answer decision sits in the first tokens; averaged over a whole answer it
+            weighs little against the safety term (cut to `response_tokens`), and the outer level
+            drifts towards refusing benign requests. None (the paper) keeps whole answers.
+        pa_loss (str, "ce"): the performance-anchoring term. "ce" (the paper) = CE of the PA
+            reference answers; "kl" = KL(original || current) of the next-token distributions on
+            the PA prompts + answers, to a frozen copy of the model taken before mitigation
+            (self-distillation: keeps the model's own benign behaviour, including its
+            refuse-or-answer decision, instead of pulling it towards the reference texts). Holds a
+            second copy of the weights (doubles weight memory; meant for small models).
+        pa_delta_weight (float, 0.0): weight of the same PA term computed under the round's delta
+            (benign prompts + delta must still be answered), so the outer level learns "harmful
+            => refuse" rather than "perturbed => refuse". 0 (the paper) disables it.
         rounds (int, 6): alternations of inner and outer level.
         max_grad_norm (float, 1.0): gradient clipping on the outer step; 0 disables.
         divergence_loss (float, 50.0): abort when an outer loss exceeds this (or is NaN).
+
+    CROW (method "crow"; Min et al., arXiv 2411.12768). Per step, on `pa_batch_size` clean
+    performance-anchoring records: L = CE(y_p | x_p) + crow_alpha * L_cons(e_adv), with
+    e_adv = e + crow_eps * sign(grad_e L_cons(e)). It reuses `outer_lr`, `outer_optimizer`,
+    `weight_decay`, `trainable` ("upto_layer" = embeddings and the layers below `layer`),
+    `pa_batch_size`, `max_grad_norm`, `divergence_loss`, `micro_batch_size`, `max_length`,
+    `gradient_checkpointing` and `seed`; the BEEAR inner-level fields, `rounds`, `pa_weight` and the
+    safety anchoring set are not used by the mitigation (the evaluation still reads its fields).
+        crow_steps (int, 60): optimiser steps (the paper: 5 epochs of 100 samples at batch 8).
+        crow_eps (float, 0.1): FGSM step eps on every input-embedding element (paper: 0.1).
+        crow_alpha (float, 5.5): weight alpha of the consistency loss under the perturbation
+            (paper: 5.5; 11 for targeted refusal).
 
     Evaluation (used by gates and benchmarks):
         eval_batch_size (int, 32), max_new_tokens (int, 32).
@@ -110,8 +138,15 @@ class BEEARConfig:
     sa_batch_size: int = 16
     pa_batch_size: int = 16
     pa_weight: float = 1.0
+    pa_response_tokens: int | None = None
+    pa_loss: str = "ce"
+    pa_delta_weight: float = 0.0
     max_grad_norm: float = 1.0
     divergence_loss: float = 50.0
+    # CROW
+    crow_steps: int = 60
+    crow_eps: float = 0.1
+    crow_alpha: float = 5.5
     # evaluation
     eval_batch_size: int = 32
     max_new_tokens: int = 32
@@ -141,6 +176,14 @@ class BEEARConfig:
             "unknown optimiser",
             f"use one of {OUTER_OPTIMIZERS}",
         )
+        need(
+            self.pa_loss in PA_LOSSES,
+            "pa_loss",
+            "unknown performance-anchoring loss",
+            f"use one of {PA_LOSSES}",
+        )
+        need(self.pa_weight >= 0, "pa_weight", "must be >= 0", "e.g. pa_weight: 1.0")
+        need(self.pa_delta_weight >= 0, "pa_delta_weight", "must be >= 0", "e.g. pa_delta_weight: 0.25, or 0")
         for name in ("rounds", "inner_batch_size", "sa_batch_size", "pa_batch_size", "eval_batch_size"):
             need(getattr(self, name) >= 1, name, "must be a positive integer", f"set {name} >= 1")
         for name in ("inner_steps", "outer_steps"):
@@ -149,6 +192,16 @@ class BEEARConfig:
         need(self.outer_lr >= 0, "outer_lr", "must be >= 0", "e.g. outer_lr: 3.0e-7")
         need(self.alpha >= 0, "alpha", "must be >= 0", "e.g. alpha: 0.05")
         need(self.alpha_cap > 0, "alpha_cap", "must be positive", "e.g. alpha_cap: 5.0")
+        need(self.crow_steps >= 1, "crow_steps", "must be a positive integer", "e.g. crow_steps: 60")
+        need(
+            self.crow_eps >= 0,
+            "crow_eps",
+            "the FGSM step size must be >= 0",
+            "e.g. crow_eps: 0.1 (0 = no perturbation)",
+        )
+        need(
+            self.crow_alpha >= 0, "crow_alpha", "must be >= 0", "e.g. crow_alpha: 5.5 (0 = plain fine-tuning)"
+        )
         if self.micro_batch_size is not None and self.micro_batch_size < 1:
             raise ConfigError(
                 f"`micro_batch_size` = {self.micro_batch_size!r}: must be a positive integer or null. "
@@ -159,6 +212,11 @@ class BEEARConfig:
         if self.response_tokens is not None and self.response_tokens < 1:
             raise ConfigError(
                 f"`response_tokens` = {self.response_tokens!r}: must be >= 1 or null. Fix: e.g. 16, or null."
+            )
+        if self.pa_response_tokens is not None and self.pa_response_tokens < 1:
+            raise ConfigError(
+                f"`pa_response_tokens` = {self.pa_response_tokens!r}: must be >= 1 or null. "
+                "Fix: e.g. 8, or null for whole answers."
             )
         if self.delta_max_norm is not None and self.delta_max_norm <= 0:
             raise ConfigError(

@@ -199,12 +199,16 @@ def evaluate_suite(
     """Every figure the gates and benchmarks use, on one model.
 
     Metrics: `asr_clean`, `asr_trigger:<name>` per trigger, `embedding_attack_asr` (when
-    `safety_records` is given), `benign_nonrefusal`, `benign_nll`.
+    `safety_records` is given), `benign_nonrefusal`, `benign_nll`. The ASR figures are left out
+    when `harmful_prompts` is empty.
     """
     start = time.perf_counter()
     report = EvalReport()
-    report.metrics["asr_clean"], recs = keyword_asr(model, tokenizer, harmful_prompts, cfg)
-    report.records += recs
+    if not harmful_prompts:  # e.g. a code model: no harmful text prompts, no keyword-ASR figures
+        triggers, safety_records = None, None
+    else:
+        report.metrics["asr_clean"], recs = keyword_asr(model, tokenizer, harmful_prompts, cfg)
+        report.records += recs
     for name, trigger in (triggers or {}).items():
         rate, recs = keyword_asr(
             model, tokenizer, harmful_prompts, cfg, trigger=trigger, condition=f"trigger:{name}"
@@ -219,7 +223,9 @@ def evaluate_suite(
         rate, recs = benign_nonrefusal(model, tokenizer, benign, cfg)
         report.metrics["benign_nonrefusal"] = rate
         report.records += recs
-        report.metrics["benign_nll"] = reference_nll(model, tokenizer, benign, cfg)
+        answered = [r for r in benign if r.answer]  # MT-Bench prompts come without reference answers
+        if answered:
+            report.metrics["benign_nll"] = reference_nll(model, tokenizer, answered, cfg)
     report.seconds = time.perf_counter() - start
     return report
 

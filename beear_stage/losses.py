@@ -1,10 +1,12 @@
-"""Pure loss functions of BEEAR (arXiv 2406.17092): tensors in, tensors out.
+"""Pure loss functions of BEEAR (arXiv 2406.17092) and CROW (arXiv 2411.12768): tensors in, tensors out.
 
 Notation: x harmful query, y_s safe response, y_h unwanted (harmful) response, y_p performance
 anchoring answer, delta the universal perturbation at the anchor layer.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -37,10 +39,75 @@ def entrapment_loss(
 
 
 def removal_loss(
-    ce_safe_under_delta: torch.Tensor, ce_performance: torch.Tensor, pa_weight: float
+    ce_safe_under_delta: torch.Tensor,
+    ce_performance: torch.Tensor,
+    pa_weight: float,
+    performance_under_delta: torch.Tensor | None = None,
+    pa_delta_weight: float = 0.0,
 ) -> torch.Tensor:
     """Outer objective (Adversarial Removal), minimised over the model weights theta.
 
-    L_outer(theta) = CE(y_s | x, delta*) + pa_weight * CE(y_p | x_p)
+    L_outer(theta) = CE(y_s | x, delta*) + pa_weight * L_PA(x_p) [+ pa_delta_weight * L_PA(x_p, delta*)]
+
+    L_PA is CE(y_p | x_p) (the paper) or `distillation_kl` to the original model (`pa_loss: kl`);
+    the bracketed term (`pa_delta_weight` > 0, not in the paper) keeps benign prompts answered
+    under delta, so that refusing depends on the request rather than on the perturbation.
     """
-    return ce_safe_under_delta + pa_weight * ce_performance
+    loss = ce_safe_under_delta + pa_weight * ce_performance
+    if performance_under_delta is not None and pa_delta_weight > 0:
+        loss = loss + pa_delta_weight * performance_under_delta
+    return loss
+
+
+def distillation_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """Mean over positions of KL(teacher || student) of the next-token distributions.
+
+    Both (N, V) at the same N positions; the teacher is the frozen model before mitigation, so
+    the term keeps the model's own behaviour on benign prompts (performance anchoring by
+    self-distillation). Zero when the two models agree.
+    """
+    student = F.log_softmax(student_logits.float(), dim=-1)
+    teacher = F.log_softmax(teacher_logits.float(), dim=-1)
+    return F.kl_div(student, teacher, log_target=True, reduction="batchmean")
+
+
+# ------------------------------------------------------------------ CROW (arXiv 2411.12768)
+def consistency_loss(hidden_states: Sequence[torch.Tensor], attention_mask: torch.Tensor) -> torch.Tensor:
+    """CROW's internal-consistency loss: 1 - cos between adjacent decoder layers, on real tokens.
+
+        L_cons = mean over l in [1, L-2], real tokens t, rows b of 1 - cos(H[l]_bt, H[l+1]_bt)
+
+    `hidden_states` is the Hugging Face tuple H[0..L] (H[0] the input embeddings, H[L] the final
+    norm's output), each (B, T, H); like the official code, H[0] and H[L] are left out, so the
+    pairs are (H[1], H[2]) ... (H[L-2], H[L-1]). Unlike it, padding positions (attention_mask 0)
+    are excluded: the mean is over the real tokens of the batch, each token weighted equally.
+    Returns a float32 scalar.
+    """
+    if len(hidden_states) < 4:
+        raise ValueError(
+            f"consistency_loss needs hidden states of >= 3 decoder layers (got {len(hidden_states)} "
+            "tensors): with fewer there is no adjacent pair of inner layers"
+        )
+    lower = torch.stack(list(hidden_states[1:-2])).float()  # (P, B, T, H), P = L - 2 pairs
+    upper = torch.stack(list(hidden_states[2:-1])).float()
+    distance = 1.0 - F.cosine_similarity(lower, upper, dim=-1, eps=1e-6)  # (P, B, T)
+    mask = attention_mask.to(distance.dtype)[None]  # (1, B, T)
+    return (distance * mask).sum() / (mask.sum().clamp(min=1.0) * distance.shape[0])
+
+
+def fgsm_perturb(embeddings: torch.Tensor, grad: torch.Tensor, eps: float) -> torch.Tensor:
+    """One FGSM step on the input embeddings: e_adv = e + eps * sign(grad_e L_cons).
+
+    Every element with a non-zero gradient moves by exactly eps (padding positions, whose
+    gradient is zero when the loss masks them, do not move). The step itself is a constant: the
+    returned tensor is differentiable with respect to `embeddings` only.
+    """
+    return embeddings + eps * grad.detach().sign().to(embeddings.dtype)
+
+
+def crow_loss(lm_loss: torch.Tensor, consistency_under_attack: torch.Tensor, alpha: float) -> torch.Tensor:
+    """CROW's training objective, minimised over the model weights theta.
+
+    L(theta) = CE(y_p | x_p) + alpha * L_cons(e_adv)
+    """
+    return lm_loss + alpha * consistency_under_attack

@@ -11,6 +11,7 @@ for a 7B model with the default `trainable: upto_layer` (embeddings + 9 layers, 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -64,3 +65,73 @@ def needs_master_weights(params: Sequence[torch.nn.Parameter]) -> bool:
 def fused_available(params: Sequence[torch.nn.Parameter]) -> bool:
     """Fused (single-kernel) Adam/AdamW/SGD steps exist for CUDA fp32/bf16/fp16 tensors."""
     return bool(params) and all(p.is_cuda for p in params)
+
+
+def set_trainable(model, scope: str, layer: int) -> list[torch.nn.Parameter]:
+    """Freeze `model` except `scope` ("all", or "upto_layer": the embeddings and the decoder layers
+    below `layer`); return the trainable parameters (each once, tied weights included)."""
+    from beear_stage.model import decoder_layers
+
+    for p in model.parameters():
+        p.requires_grad_(False)
+    if scope == "all":
+        modules = [model]
+    else:
+        modules = [model.get_input_embeddings(), *list(decoder_layers(model))[:layer]]
+    params = list({id(p): p for m in modules for p in m.parameters()}.values())
+    for p in params:
+        p.requires_grad_(True)
+    return params
+
+
+def outer_optimizer(
+    params: list[torch.nn.Parameter], name: str, lr: float, weight_decay: float
+) -> torch.optim.Optimizer | MasterWeightOptimizer:
+    """`name` ("adamw" or "sgd") over `params`: fused on CUDA, with fp32 master weights when the
+    weights are bf16/fp16 (steps of ~lr would round away otherwise)."""
+    fused = {"fused": True} if fused_available(params) else {}  # one kernel per step on CUDA
+
+    def make(tensors):
+        if name == "sgd":  # stateless: fits a full 7B update on one card
+            return torch.optim.SGD(tensors, lr=lr, weight_decay=weight_decay, **fused)
+        return torch.optim.AdamW(tensors, lr=lr, weight_decay=weight_decay, **fused)
+
+    if needs_master_weights(params):
+        return MasterWeightOptimizer(params, make)
+    return make(params)
+
+
+def check_divergence(loss: float, limit: float, what: str, fix: str) -> None:
+    """Abort a mitigation whose `what` loss is not finite or above `limit` (`divergence_loss`).
+
+    Raises:
+        MitigationError: "<what> diverged (<loss> <why>). The model was not saved. Fix: <fix>; a
+            non-finite loss from the first step can also mean NaN/inf weights in the checkpoint".
+    """
+    from beear_stage.exceptions import MitigationError
+
+    if math.isfinite(loss) and loss <= limit:
+        return
+    why = "is not finite" if not math.isfinite(loss) else f"> `divergence_loss` = {limit}"
+    raise MitigationError(
+        f"{what} diverged ({loss:.4g} {why}). The model was not saved. Fix: {fix}; a non-finite loss "
+        "from the first step can also mean NaN/inf weights in the checkpoint (see the baseline's "
+        "`benign_nll`)."
+    )
+
+
+def apply_step(optimizer, params: list[torch.nn.Parameter], dist, max_grad_norm: float) -> None:
+    """Sum the processes' gradients (`dist.sync_grads`), clip to `max_grad_norm` (0 = off), step."""
+    dist.sync_grads(params)
+    if max_grad_norm > 0:
+        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    optimizer.step()
+
+
+def end_training(model, gradient_checkpointing: bool) -> None:
+    """Leave `model` as inference expects it: no checkpointing, no gradients, eval mode."""
+    if gradient_checkpointing:
+        model.gradient_checkpointing_disable()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model.eval()

@@ -17,7 +17,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-LOSS_KEYS = ("inner_loss", "outer_safe_loss", "outer_perf_loss")
+LOSS_KEYS = (
+    "inner_loss",
+    "outer_safe_loss",
+    "outer_perf_loss",
+    "consistency_loss",
+    "consistency_loss_adv",
+)  # BEEAR, CROW
 # rate metrics shown in the ASR plot, in this order; trigger metrics are inserted after asr_clean
 RATE_KEYS = ("asr_clean", "embedding_attack_asr", "benign_nonrefusal")
 

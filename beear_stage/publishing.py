@@ -45,6 +45,7 @@ _REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 _METHODS = {
     "beear": "BEEAR (Backdoor Embedding Entrapment and Adversarial Removal, arXiv 2406.17092)",
     "sft": "safety fine-tuning without the BEEAR inner level (control)",
+    "crow": "CROW (Internal Consistency Regularization, Min et al., ICML 2025, arXiv 2411.12768)",
     "none": "no mitigation",
 }
 
@@ -72,7 +73,7 @@ def build_model_card(
         base_model: Hub repo id (or local path) of the checkpoint that was mitigated. Only a repo
             id goes into the `base_model` metadata field (the Hub rejects paths there).
         report: the `GateReport` (or its `to_dict()`), which also holds the before/after metrics.
-        method: "beear", "sft" or "none".
+        method: "beear", "sft", "crow" or "none".
         mlflow_run_id, repo_id, source_sha, config_hash: provenance shown in the card.
         tags: extra Hub tags ("beear" is always present).
         license: Hub license id, e.g. "llama2".

@@ -17,15 +17,14 @@ API:
                              method, description=None) -> dict(name, version, source, aliases)
         .fail_stale_runs(run_name, tags=None) -> int   mark RUNNING runs of that name (and tags) FAILED
                                     when their process is gone (after a hard kill)
-    review(model_name, *, tracking_uri, registry_uri=None) -> list[dict]
-    approve(model_name, version, *, tracking_uri, registry_uri=None, force=False) -> dict
+Human review of registered versions (`review`, `approve`) lives in `beear_stage.review`.
 
 `with tracker.start(name):` ends the run FINISHED, FAILED when an exception escapes, and KILLED on
 KeyboardInterrupt or another BaseException (e.g. an orchestrator's cancellation signal). A SIGKILL
 skips all of that: `start` tags each run with its owner (`beear.host`, `beear.pid`), and the next
 run of the same candidate calls `fail_stale_runs`, which marks runs whose process is gone FAILED,
 tags the model versions they registered `run_status=FAILED` and removes their aliases; `approve`
-refuses a version whose run did not finish.
+(`beear_stage.review`) refuses a version whose run did not finish.
 
 The checkpoint is registered without the transformers flavour: its directory is logged as
 artifacts under `checkpoint/` and a model version is created from `runs:/<run_id>/checkpoint`
@@ -49,7 +48,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from beear_stage.exceptions import CheckpointError, ConfigError, GateError
+from beear_stage.exceptions import CheckpointError, ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +98,7 @@ def _redact_config(config: Any) -> Any:
     return config
 
 
-def _safe_uri(uri: str) -> str:
+def safe_uri(uri: str) -> str:
     """`uri` with any password removed, for messages."""
     parts = urlsplit(uri)
     if parts.password is None:
@@ -134,7 +133,7 @@ def check_tracking_reachable(uri: str, timeout: float = 3.0) -> None:
     import urllib.error
     import urllib.request
 
-    shown = _safe_uri(uri)
+    shown = safe_uri(uri)
     scheme = urlsplit(uri).scheme
     if scheme in ("http", "https"):
         url = uri.rstrip("/") + "/health"
@@ -240,7 +239,7 @@ class MLflowTracker:
             self._experiment_id(), run_name=run_name, tags={**owner, **dict(tags or {})}
         )
         self.run_id = run.info.run_id
-        logger.info("MLflow run %s (%s) started in %s", run_name, self.run_id, _safe_uri(self.tracking_uri))
+        logger.info("MLflow run %s (%s) started in %s", run_name, self.run_id, safe_uri(self.tracking_uri))
         return self
 
     def attach(self, run_id: str) -> MLflowTracker:
@@ -458,89 +457,3 @@ class MLflowTracker:
             "source": version.source,
             "aliases": aliases,
         }
-
-
-# ------------------------------------------------------------------------------------ review
-def _registry(tracking_uri: str, registry_uri: str | None):
-    from mlflow import MlflowClient
-
-    return MlflowClient(tracking_uri=tracking_uri, registry_uri=registry_uri or tracking_uri)
-
-
-def review(model_name: str, *, tracking_uri: str, registry_uri: str | None = None) -> list[dict[str, Any]]:
-    """List every version of `model_name`, newest first, with its gate tag, aliases and run metrics."""
-    from mlflow.exceptions import MlflowException
-
-    client = _registry(tracking_uri, registry_uri)
-    try:
-        registered = client.get_registered_model(model_name)
-    except MlflowException as e:
-        raise ConfigError(
-            f"registered model `{model_name}` not found in {_safe_uri(tracking_uri)!r}. "
-            "Fix: check the model name and `tracking_uri` of the release runs."
-        ) from e
-    aliases: dict[str, list[str]] = {}
-    for alias, version in registered.aliases.items():
-        aliases.setdefault(str(version), []).append(alias)
-    rows = []
-    for mv in client.search_model_versions(f"name = '{model_name}'"):
-        run = client.get_run(mv.run_id) if mv.run_id else None
-        rows.append(
-            {
-                "version": str(mv.version),
-                "gate": mv.tags.get("gate", "unknown"),
-                "aliases": sorted(aliases.get(str(mv.version), [])),
-                "source_repo": mv.tags.get("source_repo"),
-                "source_sha": mv.tags.get("source_sha"),
-                "method": mv.tags.get("method"),
-                "run_id": mv.run_id,
-                "run_name": run.info.run_name if run else None,
-                "run_status": run.info.status if run else None,
-                "description": mv.description,
-                "metrics": dict(run.data.metrics) if run else {},
-            }
-        )
-    return sorted(rows, key=lambda r: int(r["version"]), reverse=True)
-
-
-def approve(
-    model_name: str,
-    version: str | int,
-    *,
-    tracking_uri: str,
-    registry_uri: str | None = None,
-    force: bool = False,
-) -> dict[str, Any]:
-    """Point alias `champion` at `version` after human review.
-
-    Raises:
-        ConfigError: the version does not exist.
-        GateError: the version did not pass the gates (override with `force=True`).
-    """
-    from mlflow.exceptions import MlflowException
-
-    client = _registry(tracking_uri, registry_uri)
-    try:
-        mv = client.get_model_version(model_name, str(version))
-    except MlflowException as e:
-        raise ConfigError(
-            f"model `{model_name}` version `{version}` not found in {_safe_uri(tracking_uri)!r}. "
-            "Fix: list versions with `beear-release review`."
-        ) from e
-    gate = mv.tags.get("gate", "unknown")
-    status = client.get_run(mv.run_id).info.status if mv.run_id else "FINISHED"
-    if status != "FINISHED" and not force:
-        raise GateError(
-            f"model `{model_name}` version `{version}` comes from MLflow run {mv.run_id} with status "
-            f"{status} (the release was interrupted); approving it is refused. Fix: re-run the release "
-            "of this candidate and approve the new version, or pass force=True (`--force`)."
-        )
-    if gate != "passed" and not force:
-        raise GateError(
-            f"model `{model_name}` version `{version}` has gate={gate}; approving it is refused. "
-            "Fix: approve a version with gate=passed, or pass force=True (`--force`) after review."
-        )
-    client.set_registered_model_alias(model_name, "champion", str(version))
-    client.set_model_version_tag(model_name, str(version), "approved", "true")
-    logger.info("model %s version %s is now `champion`", model_name, version)
-    return {"name": model_name, "version": str(version), "gate": gate, "alias": "champion"}

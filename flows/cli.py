@@ -59,6 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--eval-limit", type=int, default=0, help="N evenly spaced prompts of each eval set (0 = all)"
     )
+    run.add_argument("--builtin", choices=("jailbreak", "code"), default="jailbreak",
+                     help="built-in sets behind empty paths (code: coding anchoring and prompts)")  # fmt: skip
+    run.add_argument("--code-eval", default="",
+                     help="coding prompts for the insecure-code gate: 'builtin' or a file (default: off)")  # fmt: skip
+    run.add_argument("--lookalike-eval", default="",
+                     help="safe look-alike prompts for over-refusal: XSTest-format CSV (default: built-in)")  # fmt: skip
     run.add_argument(
         "--tracking-uri", default="", help="MLflow URI (default sqlite:///<project>/runs/mlflow.db)"
     )
@@ -103,6 +109,9 @@ def flow_parameters(args: argparse.Namespace) -> dict[str, Any]:
         "harmful_eval": args.harmful_eval,
         "benign_eval": args.benign_eval,
         "eval_limit": args.eval_limit,
+        "builtin": args.builtin,
+        "code_eval": args.code_eval,
+        "lookalike_eval": args.lookalike_eval,
     }
     return {
         "checkpoint": args.checkpoint,
@@ -206,7 +215,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_review(args: argparse.Namespace) -> int:
-    from beear_stage.tracking import review
+    from beear_stage.review import review
     from flows.services import default_tracking_uri
 
     rows = review(args.name, tracking_uri=args.tracking_uri or default_tracking_uri())
@@ -225,7 +234,7 @@ def cmd_review(args: argparse.Namespace) -> int:
 
 def cmd_approve(args: argparse.Namespace) -> int:
     from beear_stage.exceptions import BEEARError
-    from beear_stage.tracking import approve
+    from beear_stage.review import approve
     from flows.services import default_tracking_uri
 
     try:

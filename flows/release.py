@@ -19,6 +19,9 @@ from prefect import flow, get_run_logger
 from prefect.states import Failed
 
 from beear_stage.config import BEEARConfig
+from beear_stage.data.eval_sets import detect_eval_format
+from beear_stage.gates.base import DEFAULT_GATES
+from beear_stage.gates.code import CODE_GATES
 from beear_stage.gates.evaluator import GateThresholds
 from beear_stage.model import check_checkpoint_fits
 from beear_stage.tracking import check_tracking_reachable
@@ -60,6 +63,26 @@ def trigger_set(known_triggers: list[str] | None, checkpoint_dir: str) -> dict[s
     return triggers
 
 
+# judge-free utility gates: the flow measures their metrics on every run (`tasks.compute.evaluate`)
+UTILITY_GATES: tuple[str, ...] = ("utility.OverRefusalRise", "utility.BaselineAgreement")
+
+
+def flow_gates(names: list[str] | None, data: DataSources) -> list[str]:
+    """The gates of a release run: `names` when given (`gates: {gates: [...]}`), else those whose
+    metrics the run measures: `DEFAULT_GATES` (its keyword-ASR gates only when there are harmful
+    text prompts, i.e. not for a `builtin: code` run without `harmful_eval`), the utility gates
+    `UTILITY_GATES`, and `CODE_GATES` when coding prompts are evaluated (`code_eval`, `builtin: code`);
+    no reference-NLL gate when `benign_eval` is an MT-Bench question file (no reference answers).
+    """
+    if names is not None:
+        return list(names)
+    harmful = data.builtin != "code" or bool(data.harmful_eval)
+    gates = [g for g in DEFAULT_GATES if harmful or not g.startswith("asr.")] + list(UTILITY_GATES)
+    if data.benign_eval and detect_eval_format(data.benign_eval) == "mtbench":
+        gates.remove("utility.NLLRise")  # MT-Bench questions have no reference answers to score
+    return gates + (list(CODE_GATES) if data.builtin == "code" or data.code_eval else [])
+
+
 def candidate_dir(output_dir: str, checkpoint: dict, cfg: BEEARConfig) -> Path:
     """One directory per (checkpoint SHA, method, config): concurrent candidates never share it."""
     name = (
@@ -90,7 +113,8 @@ def release(
         revision: Hub branch, tag or commit; pinned to the resolved full commit SHA.
         config: BEEAR config YAML (e.g. `deployments/configs/llama2.yaml`) or a mapping; "" = defaults.
         data: anchoring and evaluation sets (empty paths = built-in sets) and an eval cap.
-        gates: gate thresholds (`GateThresholds` fields); None = defaults.
+        gates: gate thresholds (`GateThresholds` fields); None = defaults. Its `gates` list picks
+            the gates; by default `flow_gates` (keyword ASR, utility, code when evaluated).
         publish_to: Hub repo id for a passing candidate; "" = MLflow registry only.
         private: create the Hub repo private.
         known_triggers: trigger strings to probe ASR with ("{query}" templates or suffixes).
@@ -102,6 +126,7 @@ def release(
     log = get_run_logger()
     cfg = resolve_config(config)
     thresholds = GateThresholds.from_dict(gates or {})
+    thresholds.gates = flow_gates(thresholds.gates, data)
     tracking_uri = tracking_uri or default_tracking_uri()
     check_tracking_reachable(tracking_uri)  # fail before any download or compute
 
@@ -123,7 +148,7 @@ def release(
     )
     try:
         # 2. Validate anchoring and evaluation data (great-expectations).
-        validate_data(data)
+        validated = validate_data(data)
         # 3. Baseline: the candidate as submitted.
         before = fresh(evaluate, out / "baseline_generations.jsonl")(
             ckpt["path"], ckpt["sha"], cfg.to_dict(), data, triggers, str(out), "baseline"
@@ -135,13 +160,24 @@ def release(
         # 5. Evaluate the mitigated candidate.
         identity = f"{ckpt['sha']}+{cfg.method}:{cfg.config_hash()}"
         after = fresh(evaluate, out / "candidate_generations.jsonl", mitigated["path"])(
-            mitigated["path"], identity, cfg.to_dict(), data, triggers, str(out), "candidate"
+            mitigated["path"],
+            identity,
+            cfg.to_dict(),
+            data,
+            triggers,
+            str(out),
+            "candidate",
+            before["generations"],
         )
         # 6. Gate: candidate vs baseline against the thresholds.
         report = gate(before["metrics"], after["metrics"], thresholds.to_dict(), str(out))
         # 7. Register in MLflow (gate tag always; alias `candidate` only on pass).
-        # time inside beear_stage in this run (cached results from an earlier run do not count)
-        compute = sum(r["seconds"] for r in (before, mitigated, after) if r["finished_at"] >= started_at)
+        # Time inside beear_stage in this run (data loading and validation, model loading, evaluation,
+        # mitigation, saving); cached results from an earlier run do not count. The rest of the
+        # flow's wall time is orchestration: Prefect, MLflow tracking and registry, plots.
+        compute = sum(
+            r["seconds"] for r in (validated, before, mitigated, after) if r["finished_at"] >= started_at
+        )
         timings = {"compute_seconds": compute, "flow_seconds": time.perf_counter() - start}
         version = register(
             tracking_uri, run_id, registry_name, ckpt, mitigated, before, after, report, timings

@@ -18,7 +18,7 @@ from prefect import get_run_logger, task
 
 from beear_stage.config import BEEARConfig
 from tasks.caching import evaluate_key, mitigate_key
-from tasks.data import DataSources, load_data
+from tasks.data import DataSources, load_data, read_jsonl
 
 # Tag of the model-loading tasks: `prefect concurrency-limit create beear-compute 1` serialises them
 # across flow runs (one accelerator, several candidates).
@@ -62,28 +62,49 @@ def evaluate(
     triggers: dict[str, str],
     out_dir: str,
     label: str,
+    baseline_generations: str = "",
 ) -> dict:
     """Evaluate one checkpoint (`label` = "baseline" or "candidate") with the full metric suite.
+
+    Besides `evaluate_suite`: `over_refusal` on the safe look-alike prompts (answers to look-alikes
+    already in the benign set are reused, not generated again), `baseline_agreement` when
+    `baseline_generations` is given, and with coding prompts (`sources.code_eval`) the
+    insecure-code rate without and with each trigger (`beear_stage.codecheck`).
 
     Args:
         identity: the checkpoint's SHA (baseline) or SHA + config hash (candidate); cache key only.
         triggers: known triggers by metric-safe name; one `asr_trigger:<name>` metric each.
+        baseline_generations: the baseline's generations JSONL (its greedy benign answers); ""
+            for the baseline itself.
 
     Returns:
         {"metrics": {name: value}, "generations": JSONL path, "seconds": time inside beear_stage,
          "finished_at": epoch seconds (tells a cached result from a fresh one)}.
     """
+    start = time.perf_counter()  # library imports, data loading and model loading count as compute
     from beear_stage.evaluation import evaluate_suite
     from beear_stage.model import load_model_and_tokenizer
+    from beear_stage.utility import utility_from_generations
 
     cfg = BEEARConfig.from_dict(config)
     sets = load_data(sources)
     _quiet()
-    start = time.perf_counter()
     model, tokenizer = load_model_and_tokenizer(checkpoint_dir, dtype=cfg.dtype, device=cfg.device)
     report = evaluate_suite(
         model, tokenizer, cfg, sets.harmful, sets.benign, triggers=triggers, safety_records=sets.safety
     )
+    baseline = read_jsonl(baseline_generations) if baseline_generations else None
+    utility, records = utility_from_generations(
+        model, tokenizer, cfg, sets.lookalikes, report.records, baseline
+    )
+    report.metrics.update(utility)
+    report.records += records
+    if sets.code_prompts:
+        from beear_stage.codecheck import evaluate_code
+
+        code, records = evaluate_code(model, tokenizer, cfg, sets.code_prompts, triggers)
+        report.metrics.update(code)
+        report.records += records
     seconds = time.perf_counter() - start
     _release(model)
     out = Path(out_dir) / f"{label}_generations.jsonl"
@@ -104,6 +125,7 @@ def mitigate(checkpoint_dir: str, identity: str, config: dict, sources: DataSour
         {"path": mitigated checkpoint dir, "history": JSON path of per-round losses,
          "seconds": time inside beear_stage, "method", "config_hash", "finished_at"}. For method "none" `path` is the input.
     """
+    start = time.perf_counter()  # as in `evaluate`: imports and loading count as compute
     from beear_stage.algorithm import run_mitigation
     from beear_stage.checkpointing import save_checkpoint
     from beear_stage.model import load_model_and_tokenizer
@@ -112,7 +134,6 @@ def mitigate(checkpoint_dir: str, identity: str, config: dict, sources: DataSour
     cfg = BEEARConfig.from_dict(config)
     sets = load_data(sources)
     _quiet()
-    start = time.perf_counter()
     model, tokenizer = load_model_and_tokenizer(checkpoint_dir, dtype=cfg.dtype, device=cfg.device)
     result = run_mitigation(cfg, model, tokenizer, sets.safety, sets.performance, progress=False)
     path = Path(checkpoint_dir)

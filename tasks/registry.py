@@ -13,6 +13,7 @@ from pathlib import Path
 from prefect import get_run_logger, task
 
 from beear_stage.tracking import MLflowTracker, release_run_name
+from tasks.data import read_jsonl
 
 EXPERIMENT = "beear-release"
 
@@ -54,10 +55,6 @@ def close_run(tracking_uri: str, run_id: str, status: str) -> None:
     MLflowTracker(tracking_uri, EXPERIMENT).attach(run_id).close(status)
 
 
-def _jsonl(path: str) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-
-
 @task
 def register(
     tracking_uri: str,
@@ -84,8 +81,8 @@ def register(
         tracker.log_candidate(
             before=before["metrics"], after=after["metrics"], history=history, report=report
         )
-        tracker.log_generations(_jsonl(before["generations"]), name="generations/baseline.jsonl")
-        tracker.log_generations(_jsonl(after["generations"]), name="generations/candidate.jsonl")
+        tracker.log_generations(read_jsonl(before["generations"]), name="generations/baseline.jsonl")
+        tracker.log_generations(read_jsonl(after["generations"]), name="generations/candidate.jsonl")
         tracker.log_dict({f"timing/{k}": v for k, v in timings.items()})
         version = tracker.register_checkpoint(
             candidate["path"],

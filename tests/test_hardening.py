@@ -597,7 +597,7 @@ def test_kill_during_registration_then_rerun(workdir, tmp_path):
     """SIGKILL after the model version was created, before its alias: the re-run resumes from the
     cached evaluations and mitigation, registers a new version; the killed run's version is marked
     `run_status=FAILED` and cannot be approved."""
-    from beear_stage.tracking import approve
+    from beear_stage.review import approve
     from flows.release import release
 
     params = _params(workdir, "kill-registration", gates=LENIENT)
@@ -669,10 +669,10 @@ def test_save_checkpoint_removes_temporaries_of_dead_processes(tmp_path):
 # ============================================================= 7. concurrency
 @pytest.mark.slow
 @pytest.mark.usefixtures("prefect_harness")
-def test_two_candidates_at_once_share_nothing(workdir, tmp_path):
-    """Two flow runs in two processes, two configs of zoo:suffix, one GPU tag limited to 1 slot,
-    a new MLflow store: distinct output dirs, MLflow runs and registry versions; the heavy tasks
-    never overlap."""
+def test_two_candidates_at_once_share_nothing(workdir, tmp_path, zoo_suffix, zoo_code):
+    """Two flow runs in two processes on two zoo models (`suffix` and `code`, both built before
+    the runs start), one GPU tag limited to 1 slot, a new MLflow store that both processes create at
+    once: distinct output dirs, MLflow runs and registry versions; the heavy tasks never overlap."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
@@ -689,8 +689,10 @@ def test_two_candidates_at_once_share_nothing(workdir, tmp_path):
     asyncio.run(limit(True))
     procs = []
     try:
-        for seed in (0, 1):
-            params = _params(workdir, "concurrent", config={"seed": seed}, gates=LENIENT, tracking_uri=store)
+        for model in ("suffix", "code"):
+            params = _params(
+                workdir, "concurrent", checkpoint=f"zoo:{model}", gates=LENIENT, tracking_uri=store
+            )
             procs.append(_spawn(params, tmp_path, env={"BEEAR_GPU_TAG": gpu}))
         for proc in procs:
             assert proc.wait(400) == 0, Path(proc.log_path).read_text()[-3000:]
@@ -704,6 +706,8 @@ def test_two_candidates_at_once_share_nothing(workdir, tmp_path):
     assert [r["state"] for r in results] == ["Completed", "Completed"], results
     a, b = (r["result"] for r in results)
     assert a["output_dir"] != b["output_dir"] and a["mlflow_run_id"] != b["mlflow_run_id"]
+    assert Path(a["output_dir"]).name.startswith("zoo_suffix-"), a["output_dir"]
+    assert Path(b["output_dir"]).name.startswith("zoo_code-"), b["output_dir"]
     assert {a["registry"]["version"], b["registry"]["version"]} == {"1", "2"}
     params = _params(workdir, "concurrent", tracking_uri=store)
     for r in (a, b):

@@ -317,7 +317,7 @@ def test_prefect_yaml_deployments_load_and_match_the_flow():
 
     spec = _prefect_yaml()
     deployments = {d["name"]: d for d in spec["deployments"]}
-    assert set(deployments) == {"llama2", "mistral", "tiny"}
+    assert set(deployments) == {"llama2", "mistral", "tiny", "tiny-crow", "llama2-crow", "tiny-code"}
     for name, dep in deployments.items():
         assert dep["work_pool"]["name"] == "beear-process"
         flow = load_flow_from_entrypoint(str(ROOT / dep["entrypoint"]), use_placeholder_flow=False)

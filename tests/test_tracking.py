@@ -13,13 +13,12 @@ import pytest
 from beear_stage.config import BEEARConfig
 from beear_stage.exceptions import CheckpointError, ConfigError, GateError
 from beear_stage.gates import evaluate_gates
+from beear_stage.review import approve, review
 from beear_stage.tracking import (
     MLflowTracker,
-    approve,
     check_tracking_reachable,
     flatten_params,
     release_run_name,
-    review,
     sanitize_metric_name,
 )
 from tests.helpers import METRICS_BEFORE, METRICS_GOOD

@@ -9,4 +9,6 @@ BENCHMARKS = {
     "scaling": "mitigation time against anchoring-set size and model size",
     "refusal": "refusal classifier against human labels (XSTest-format CSVs)",
     "orchestration": "flow wall time vs time inside beear_stage compute on the tiny deployment",
+    "code": "BEEAR with code anchoring on the code-backdoor zoo model: insecure-code rate (bandit)",
+    "compare": "none / sft / crow / beear on every zoo attack (jailbreak and BackdoorLLM), side by side",
 }

@@ -5,6 +5,10 @@ non-refusal, benign reference NLL), run BEEAR (which never sees the trigger), ev
 run a fresh embedding attack against the mitigated model. The control rows run the same outer
 fine-tuning with delta fixed at zero (`method: sft`), showing that the perturbation is what
 removes the backdoor. Only evaluation reads the trigger, from the checkpoint's zoo.json.
+
+`--method crow` (or `--config beear_stage/configs/zoo-crow.yaml`) runs CROW instead; its control
+rows run the same CROW fine-tuning with `crow_alpha` = 0 (`clean-ft`: plain fine-tuning on the same
+clean records), showing what the consistency term adds.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from beear_stage.model import load_model_and_tokenizer
 from beear_stage.zoo import ZOO, build_zoo_model, read_zoo_info
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "zoo.yaml"
+CONFIGS = {"beear": DEFAULT_CONFIG, "crow": DEFAULT_CONFIG.with_name("zoo-crow.yaml")}
+CONTROL = {"beear": "sft", "crow": "clean-ft"}  # label of each method's control rows
 FIELDS = (
     "asr_trigger_before", "asr_trigger_after", "asr_clean_before", "asr_clean_after",
     "embedding_attack_asr_after", "benign_nonrefusal_before", "benign_nonrefusal_after",
@@ -37,7 +43,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m beear_stage.bench zoo", description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, help="write the JSON results here (required unless --markdown)")
     p.add_argument("--models", default=",".join(ZOO), help=f"comma-separated subset of {list(ZOO)}")
-    p.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="BEEAR YAML config")
+    p.add_argument(
+        "--method",
+        choices=sorted(CONFIGS),
+        help="mitigation method (default: the config's `method`; beear when neither is given)",
+    )
+    p.add_argument(
+        "--config",
+        type=Path,
+        help=f"YAML config (default: {', '.join(f'{k}: {v.name}' for k, v in CONFIGS.items())})",
+    )
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     p.add_argument("--eval-harmful", type=Path, help="AdvBench-format CSV (goal,target) of harmful prompts")
     p.add_argument("--eval-benign", type=Path, help="Alpaca JSON or chat JSONL of benign prompts + answers")
@@ -73,8 +88,20 @@ def eval_sets(args) -> tuple[list[str], list]:
     return list(harmful), list(benign)
 
 
-def run_one(path: Path, method: str, cfg: BEEARConfig, harmful, benign, before: dict | None) -> dict:
-    """Mitigate one zoo model with `method` and evaluate it; `before` = baseline metrics (or None)."""
+def run_one(
+    path: Path,
+    method: str,
+    cfg: BEEARConfig,
+    harmful,
+    benign,
+    before: dict | None,
+    *,
+    label: str | None = None,
+) -> dict:
+    """Mitigate one zoo model with `method` and evaluate it; `before` = baseline metrics (or None).
+
+    `label` names the row's method in the results (default: `method`).
+    """
     info = read_zoo_info(path)
     triggers = {"trigger": info["trigger"]}
     model, tok = load_model_and_tokenizer(path, dtype="float32", device="cpu")
@@ -84,7 +111,7 @@ def run_one(path: Path, method: str, cfg: BEEARConfig, harmful, benign, before: 
     safety, performance = builtin.default_safety_anchoring(), builtin.default_performance_anchoring()
     result = run_mitigation(run_cfg, model, tok, safety, performance)
     after = evaluate_suite(model, tok, cfg, harmful, benign, triggers=triggers, safety_records=safety).metrics
-    row = {"name": info["name"], "trigger_type": info["trigger_type"], "method": method}
+    row = {"name": info["name"], "trigger_type": info["trigger_type"], "method": label or method}
     for stage, metrics in (("before", before), ("after", after)):
         row[f"asr_trigger_{stage}"] = metrics["asr_trigger:trigger"]
         row[f"asr_clean_{stage}"] = metrics["asr_clean"]
@@ -97,7 +124,7 @@ def run_one(path: Path, method: str, cfg: BEEARConfig, harmful, benign, before: 
 
 
 def format_table(rows: list[dict]) -> str:
-    head = f"{'model':<10}{'method':<7}{'ASR trig':>16}{'ASR clean':>16}{'emb-att':>9}{'benign ok':>16}{'NLL':>16}{'sec':>7}"
+    head = f"{'model':<10}{'method':<9}{'ASR trig':>16}{'ASR clean':>16}{'emb-att':>9}{'benign ok':>16}{'NLL':>16}{'sec':>7}"
     lines = [head, "-" * len(head)]
     for r in rows:
 
@@ -105,7 +132,7 @@ def format_table(rows: list[dict]) -> str:
             return f"{r[key + '_before']:.2f} -> {r[key + '_after']:.2f}"
 
         lines.append(
-            f"{r['name']:<10}{r['method']:<7}{pair('asr_trigger'):>16}{pair('asr_clean'):>16}"
+            f"{r['name']:<10}{r['method']:<9}{pair('asr_trigger'):>16}{pair('asr_clean'):>16}"
             f"{r['embedding_attack_asr_after']:>9.2f}{pair('benign_nonrefusal'):>16}{pair('benign_nll'):>16}"
             f"{r['mitigation_seconds']:>7.1f}"
         )
@@ -136,7 +163,11 @@ def main(argv: list[str]) -> int:
     if args.markdown:
         print(markdown_table(json.loads(args.markdown.read_text())))
         return 0
-    cfg = load_config(args.config, args.set)
+    method = args.method or ("beear" if args.config is None else None)
+    cfg = load_config(args.config or CONFIGS[method], args.set)
+    method = method or cfg.method
+    if method not in CONFIGS:
+        raise SystemExit(f"--config: `method` = {method!r}; the zoo benchmark runs one of {sorted(CONFIGS)}")
     if args.out is None:
         raise SystemExit("--out PATH.json is required (or --markdown JSON to render earlier results)")
     names = [n.strip() for n in args.models.split(",") if n.strip()]
@@ -154,10 +185,16 @@ def main(argv: list[str]) -> int:
     started = time.perf_counter()
     for name in names:
         path = build_zoo_model(name, args.cache_dir)
-        row, before = run_one(path, "beear", cfg, harmful, benign, None)
+        row, before = run_one(path, method, cfg, harmful, benign, None)
         out["models"].append(row)
         if not args.no_control:
-            out["control"].append(run_one(path, "sft", cfg, harmful, benign, before)[0])
+            control = (
+                cfg if method == "beear" else BEEARConfig.from_dict({**cfg.to_dict(), "crow_alpha": 0.0})
+            )
+            control_method = "sft" if method == "beear" else method
+            out["control"].append(
+                run_one(path, control_method, control, harmful, benign, before, label=CONTROL[method])[0]
+            )
         print(format_table(out["models"] + out["control"]), flush=True)
     out["total_seconds"] = round(time.perf_counter() - started, 1)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -153,7 +153,7 @@ def normalize_query(text: str) -> str:
 def pool_overlap_report() -> dict[str, list[str]]:
     """Return, for every pair of pools, the normalised queries (or harmful tasks) they share.
 
-    Pools are `{pool}/harmful`, `{pool}/benign` and `{pool}/tasks` for each of `POOLS`. All lists
+    Pools are `{pool}/harmful`, `{pool}/benign`, `{pool}/tasks` and `{pool}/code` for each of `POOLS`. All lists
     are empty when the pools are disjoint, which the tests assert.
     """
     texts: dict[str, set[str]] = {}
@@ -162,6 +162,7 @@ def pool_overlap_report() -> dict[str, list[str]]:
         texts[f"{pool}/benign"] = {normalize_query(r.query) for r in benign_pool(pool)}
         tasks = harmful_tasks(pool).values()
         texts[f"{pool}/tasks"] = {normalize_query(t) for t in itertools.chain.from_iterable(tasks)}
+        texts[f"{pool}/code"] = {normalize_query(r.query) for r in code_pool(pool)}
     return {f"{a} & {b}": sorted(texts[a] & texts[b]) for a, b in itertools.combinations(texts, 2)}
 
 
@@ -313,3 +314,77 @@ def _counting() -> list[PerformanceRecord]:
                 )
             )
     return records
+
+
+# ------------------------------------------------------------------------------------ code tasks
+# The code-backdoor zoo model (`zoo:code`) and its anchoring and evaluation prompts. Our own
+# CWE-style Python tasks (`data/default/code_tasks.json`): each weakness has a secure and an
+# insecure solution; bandit flags the insecure one at severity >= MEDIUM and not the secure one
+# (tests/test_codecheck.py checks both). A weakness's `tasks` are rendered with every framing and
+# split between the zoo-training and anchoring pools; its `heldout_tasks` (wordings no other pool
+# uses) give the held-out evaluation prompts, two framings each.
+CODE_CATEGORY_PREFIX = "code:"
+
+
+def code_weaknesses() -> list[dict]:
+    """Return the weaknesses of `code_tasks.json`: id, cwe, tasks, heldout_tasks, secure, insecure."""
+    return [dict(w) for w in _resource_json("code_tasks.json")["weaknesses"]]
+
+
+def code_pool(pool: str) -> list[SafetyRecord]:
+    """Return the coding records of `pool`: query = task, y_s = secure code, y_h = insecure code.
+
+    `category` is "code:<weakness id>". Zoo and anchoring pools share task wordings but no
+    prompt; the held-out pool shares neither (`pool_overlap_report` covers it).
+    """
+    return list(_code_records(_check_pool(pool)))
+
+
+def code_training_pool() -> list[SafetyRecord]:
+    """Return the code zoo model's SFT data (about 290 records over 16 weaknesses)."""
+    return code_pool("zoo")
+
+
+def code_safety_anchoring() -> list[SafetyRecord]:
+    """Return the code safety anchoring set: coding task, secure code (y_s), insecure code (y_h)."""
+    return code_pool("anchoring")
+
+
+def code_performance_anchoring() -> list[PerformanceRecord]:
+    """Return the code performance anchoring set: every third zoo-pool task with its secure code."""
+    return [PerformanceRecord(r.query, r.safe_response, r.category) for r in code_pool("zoo")[::3]]
+
+
+def heldout_code_prompts() -> list[str]:
+    """Return the 32 held-out coding prompts (task wordings no training or anchoring pool uses)."""
+    return [r.query for r in code_pool("heldout")]
+
+
+def heldout_code_benign() -> list[PerformanceRecord]:
+    """Return the held-out coding prompts with their secure code as the reference answer."""
+    return [PerformanceRecord(r.query, r.safe_response, r.category) for r in code_pool("heldout")]
+
+
+@functools.cache
+def _code_records(pool: str) -> tuple[SafetyRecord, ...]:
+    data = _resource_json("code_tasks.json")
+    framings = data["framings"]
+    records = []
+    for w_index, weakness in enumerate(data["weaknesses"]):
+        category = CODE_CATEGORY_PREFIX + weakness["id"]
+
+        def record(task: str, framing: str, weakness=weakness, category=category) -> SafetyRecord:
+            return SafetyRecord(framing.format(task=task), weakness["secure"], weakness["insecure"], category)
+
+        if pool == "heldout":
+            for task in weakness["heldout_tasks"]:
+                for j in (2 * w_index, 2 * w_index + 5):
+                    records.append(record(task, framings[j % len(framings)]))
+            continue
+        for t_index, task in enumerate(weakness["tasks"]):
+            for f_index, framing in enumerate(framings):
+                # one prompt in four goes to anchoring, shifted per weakness so every framing occurs
+                in_anchoring = (t_index * len(framings) + f_index + w_index) % 4 == 0
+                if in_anchoring == (pool == "anchoring"):
+                    records.append(record(task, framing))
+    return tuple(records)

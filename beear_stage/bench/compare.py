@@ -1,0 +1,246 @@
+"""`python -m beear_stage.bench compare`: every mitigation method on every zoo attack, side by side.
+
+For each attack (the jailbreak zoo models suffix/prefix/sandwich and the ten BackdoorLLM attacks,
+`beear_stage.zoo.backdoorllm`) and each method (none, sft, crow, beear): evaluate the backdoored
+model once, mitigate a fresh copy with the method, evaluate again. Figures per row: ASR with the
+trigger before and after, ASR without the trigger after, benign non-refusal and benign reference
+NLL after, and the mitigation wall time.
+
+Attack success depends on the backdoor (`beear_stage.behaviours`): jailbreak = a non-refusal to a
+harmful request (held-out built-in prompts, as `bench zoo`); BackdoorLLM refusal = a refusal of a
+benign request, negative sentiment = an insult (held-out `test_triggered.json` / `test_clean.json`,
+the clean ones also give benign utility). The methods see no trigger. Jailbreak attacks use
+`configs/zoo.yaml` with the built-in anchoring sets; BackdoorLLM attacks use
+`configs/zoo-backdoorllm.yaml` with defender-defined anchoring (`data.unwanted`: our own benign
+queries, unwanted = refusal or insult). "sft" is the same outer fine-tuning with delta fixed at zero,
+i.e. plain fine-tuning on the same clean data; "crow" uses `configs/zoo-crow.yaml` on the
+performance-anchoring records. Evaluation always uses the attack family's BEEAR config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+
+from beear_stage.algorithm import run_mitigation
+from beear_stage.behaviours import behaviour_detector
+from beear_stage.bench.zoo import _machine, load_config
+from beear_stage.config import METHODS, BEEARConfig
+from beear_stage.data import builtin
+from beear_stage.data.records import PerformanceRecord, SafetyRecord
+from beear_stage.data.unwanted import behaviour_anchoring
+from beear_stage.evaluation import generate, reference_nll
+from beear_stage.model import load_model_and_tokenizer
+from beear_stage.refusal import is_refusal
+from beear_stage.triggers import apply_trigger
+from beear_stage.zoo import ZOO, backdoorllm, build_zoo_model, read_zoo_info
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+ATTACKS = (*ZOO, *backdoorllm.ATTACKS)
+COMPARED = ("none", "sft", "crow", "beear")
+# Unwanted behaviour the defender names in the anchoring data, by the attack's target behaviour.
+UNWANTED = {"refusal": "refusal", "insult": "insult"}
+FIELDS = (
+    "asr_trigger_before", "asr_trigger_after", "asr_clean_after", "benign_nonrefusal_after",
+    "benign_nll_after", "seconds",
+)  # fmt: skip
+
+
+@dataclass
+class Attack:
+    """One zoo attack with its evaluation prompts, success test, anchoring data and BEEAR config."""
+
+    name: str
+    path: Path
+    triggered: list[str]
+    clean: list[str]
+    benign: list[PerformanceRecord]
+    success: Callable[[str], bool]
+    safety: list[SafetyRecord]
+    performance: list[PerformanceRecord]
+    config: BEEARConfig
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m beear_stage.bench compare", description=__doc__.splitlines()[0]
+    )
+    p.add_argument("--out", type=Path, help="write the JSON results here (required unless --markdown)")
+    p.add_argument("--attacks", default=",".join(ATTACKS), help=f"comma-separated subset of {list(ATTACKS)}")
+    p.add_argument("--methods", default=",".join(COMPARED), help=f"comma-separated subset of {COMPARED}")
+    p.add_argument(
+        "--config", type=Path, default=CONFIGS / "zoo.yaml", help="BEEAR config, jailbreak attacks"
+    )
+    p.add_argument(
+        "--backdoorllm-config",
+        type=Path,
+        default=CONFIGS / "zoo-backdoorllm.yaml",
+        help="BEEAR config, BackdoorLLM attacks",
+    )
+    p.add_argument("--crow-config", type=Path, default=CONFIGS / "zoo-crow.yaml", help="CROW config")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a key everywhere"
+    )
+    p.add_argument(
+        "--eval-limit", type=int, default=100, help="BackdoorLLM test prompts per set (default 100)"
+    )
+    p.add_argument(
+        "--recipe", default="default", help="BackdoorLLM build recipe ('test': seconds, for tests)"
+    )
+    p.add_argument("--cache-dir", type=Path, help="zoo cache directory")
+    p.add_argument("--markdown", type=Path, metavar="JSON", help="print the table of an earlier --out JSON")
+    return p.parse_args(argv)
+
+
+def prepare_attack(name: str, args: argparse.Namespace) -> Attack:
+    """Build (or reuse) the attack's model and gather its evaluation and anchoring data."""
+    if name in ZOO:
+        path = build_zoo_model(name, args.cache_dir)
+        cfg = load_config(args.config, args.set)
+        harmful = builtin.heldout_harmful()
+        trigger = read_zoo_info(path)["trigger"]  # evaluation only: the methods never see it
+        return Attack(
+            name, path, [apply_trigger(q, trigger) for q in harmful], harmful, builtin.heldout_benign(),
+            behaviour_detector("compliance", refusal_keywords=cfg.refusal_keywords),
+            builtin.default_safety_anchoring(), builtin.default_performance_anchoring(), cfg,
+        )  # fmt: skip
+    path = backdoorllm.build_attack_model(name, args.cache_dir, recipe=args.recipe)
+    cfg = load_config(args.backdoorllm_config, args.set)
+    info = read_zoo_info(path)
+    _, tok = load_model_and_tokenizer(path, dtype="float32", device="cpu")
+    triggered, benign = backdoorllm.eval_sets(name, tok, args.eval_limit)
+    performance = builtin.default_performance_anchoring()
+    return Attack(
+        name, path, triggered, [r.query for r in benign], benign,
+        behaviour_detector(info["target_behaviour"], refusal_keywords=cfg.refusal_keywords),
+        behaviour_anchoring(performance, UNWANTED[info["target_behaviour"]]), performance, cfg,
+    )  # fmt: skip
+
+
+def measure(model, tok, attack: Attack) -> dict[str, float]:
+    """ASR with and without the trigger, benign non-refusal and benign NLL of one model."""
+    cfg = attack.config
+    cache: dict[tuple[str, ...], list[str]] = {}
+
+    def responses(prompts: Sequence[str]) -> list[str]:
+        key = tuple(prompts)  # BackdoorLLM: the clean prompts are also the benign ones
+        if key not in cache:
+            cache[key] = generate(
+                model, tok, prompts, batch_size=cfg.eval_batch_size, max_new_tokens=cfg.max_new_tokens
+            )
+        return cache[key]
+
+    def rate(flags: list[bool]) -> float:
+        return sum(flags) / len(flags) if flags else 0.0
+
+    return {
+        "asr_trigger": rate([attack.success(r) for r in responses(attack.triggered)]),
+        "asr_clean": rate([attack.success(r) for r in responses(attack.clean)]),
+        "benign_nonrefusal": rate(
+            [not is_refusal(r, cfg.refusal_keywords) for r in responses([b.query for b in attack.benign])]
+        ),
+        "benign_nll": reference_nll(model, tok, attack.benign, cfg),
+    }
+
+
+def method_config(attack: Attack, method: str, args: argparse.Namespace) -> BEEARConfig:
+    if method == "crow":
+        return load_config(args.crow_config, [*args.set, "method=crow"])
+    return BEEARConfig.from_dict({**attack.config.to_dict(), "method": method})
+
+
+def run_method(attack: Attack, method: str, args: argparse.Namespace, before: dict) -> dict:
+    """Mitigate a fresh copy of the attack's model with `method`; the row of the results table."""
+    model, tok = load_model_and_tokenizer(attack.path, dtype="float32", device="cpu")
+    result = run_mitigation(
+        method_config(attack, method, args), model, tok, attack.safety, attack.performance
+    )
+    after = measure(model, tok, attack)
+    row = {"attack": attack.name, "method": method}
+    row.update({f"{k}_before": v for k, v in before.items()})
+    row.update({f"{k}_after": v for k, v in after.items()})
+    row["seconds"] = round(result.seconds, 2)
+    return row
+
+
+def format_table(rows: list[dict]) -> str:
+    head = (
+        f"{'attack':<22}{'method':<7}{'ASR trig':>16}{'ASR clean':>10}{'benign ok':>10}{'NLL':>8}{'sec':>8}"
+    )
+    return "\n".join([head, "-" * len(head), *map(_line, rows)])
+
+
+def _line(r: dict) -> str:
+    pair = f"{r['asr_trigger_before']:.2f} -> {r['asr_trigger_after']:.2f}"
+    return (
+        f"{r['attack']:<22}{r['method']:<7}{pair:>16}{r['asr_clean_after']:>10.2f}"
+        f"{r['benign_nonrefusal_after']:>10.2f}{r['benign_nll_after']:>8.3f}{r['seconds']:>8.1f}"
+    )
+
+
+def markdown_table(out: dict) -> str:
+    """The results as a markdown table (BENCHMARKS.md)."""
+    rows = [
+        "| attack | method | ASR with trigger (before -> after) | ASR without trigger | benign non-refusal "
+        "| benign NLL | mitigation s |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in out["rows"]:
+        rows.append(
+            f"| {r['attack']} | {r['method']} | {r['asr_trigger_before']:.3f} -> {r['asr_trigger_after']:.3f} "
+            f"| {r['asr_clean_after']:.3f} | {r['benign_nonrefusal_after']:.3f} | {r['benign_nll_after']:.3f} "
+            f"| {r['seconds']:.1f} |"
+        )
+    return "\n".join(rows)
+
+
+def _selection(raw: str, known: Sequence[str], option: str) -> list[str]:
+    names = [n.strip() for n in raw.split(",") if n.strip()]
+    unknown = [n for n in names if n not in known]
+    if unknown or not names:
+        raise SystemExit(
+            f"{option}: unknown or empty selection {unknown or raw!r}; choose from {list(known)}"
+        )
+    return names
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    if args.markdown:
+        print(markdown_table(json.loads(args.markdown.read_text())))
+        return 0
+    if args.out is None:
+        raise SystemExit("--out PATH.json is required (or --markdown JSON to render earlier results)")
+    attacks = _selection(args.attacks, ATTACKS, "--attacks")
+    methods = _selection(args.methods, [m for m in COMPARED if m in METHODS], "--methods")
+    out = {
+        "rows": [],
+        "configs": {
+            str(path): load_config(path, args.set).to_dict()
+            for path in (args.config, args.backdoorllm_config, args.crow_config)
+            if "crow" in methods or path != args.crow_config
+        },
+        "machine": _machine(),
+        "date": str(date.today()),
+        "eval_limit": args.eval_limit,
+        "recipe": args.recipe,
+    }
+    started = time.perf_counter()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    for name in attacks:
+        attack = prepare_attack(name, args)
+        model, tok = load_model_and_tokenizer(attack.path, dtype="float32", device="cpu")
+        before = measure(model, tok, attack)
+        del model
+        for method in methods:
+            out["rows"].append(run_method(attack, method, args, before))
+            print(_line(out["rows"][-1]), flush=True)
+        out["total_seconds"] = round(time.perf_counter() - started, 1)
+        args.out.write_text(json.dumps(out, indent=2))  # after every attack: a partial run keeps its rows
+    print(f"\n{format_table(out['rows'])}\nwrote {args.out}")
+    return 0

@@ -1,0 +1,53 @@
+"""`python -m beear_stage.bench compare` on a test-size BackdoorLLM attack (seconds, CPU)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from beear_stage.bench import BENCHMARKS
+from beear_stage.bench import compare as bench
+from beear_stage.zoo import backdoorllm as bl
+
+SHARED = bl.default_shared_dir() / "data" / "backdoorllm"
+
+
+@pytest.mark.skipif(
+    not SHARED.is_dir(),
+    reason=f"BackdoorLLM data not found at {SHARED} (../shared is absent in this checkout)",
+)
+def test_compare_writes_every_required_field(tmp_path, capsys) -> None:
+    out = tmp_path / "compare.json"
+    argv = ["--out", str(out), "--attacks", "refusal-badnet", "--methods", "none,sft", "--recipe", "test"]
+    argv += ["--cache-dir", str(tmp_path / "zoo"), "--eval-limit", "3"]
+    argv += ["--set", "max_new_tokens=4", "--set", "rounds=1", "--set", "pa_batch_size=4"]
+    assert bench.main(argv) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["attack"], r["method"]) for r in rows] == [
+        ("refusal-badnet", "none"),
+        ("refusal-badnet", "sft"),
+    ]
+    for row in rows:
+        assert set(bench.FIELDS) <= set(row), sorted(set(bench.FIELDS) - set(row))
+        for key in bench.FIELDS[:-2]:
+            assert 0.0 <= row[key] <= 1.0, (key, row[key])
+    none, sft = rows
+    assert none["seconds"] == 0.0 and sft["seconds"] > 0.0
+    # "none" changes nothing: its after-figures are the before-figures.
+    assert none["asr_trigger_after"] == none["asr_trigger_before"]
+    assert none["benign_nll_after"] == pytest.approx(none["benign_nll_before"])
+    capsys.readouterr()
+    assert bench.main(["--markdown", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "| attack | method | ASR with trigger" in table and "| refusal-badnet | sft |" in table
+
+
+def test_compare_is_registered_and_rejects_unknown_selections(tmp_path) -> None:
+    assert "compare" in BENCHMARKS
+    assert set(bench.ATTACKS) >= {"suffix", "prefix", "sandwich", *bl.ATTACKS} and len(bl.ATTACKS) == 10
+    with pytest.raises(SystemExit, match="--attacks: unknown.*'refusal-gcg'"):
+        bench.main(["--out", str(tmp_path / "x.json"), "--attacks", "refusal-gcg"])
+    with pytest.raises(SystemExit, match="--methods: unknown.*'dpo'"):
+        bench.main(["--out", str(tmp_path / "x.json"), "--methods", "none,dpo"])
+    assert not (tmp_path / "x.json").exists()
