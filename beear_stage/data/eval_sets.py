@@ -16,8 +16,7 @@ from __future__ import annotations
 
 import csv
 import io
-import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,6 +25,7 @@ from beear_stage.data.loaders import (
     Record,
     _category,
     _csv_rows,
+    _json_lines,
     _read_csv,
     _read_json,
     _read_jsonl,
@@ -139,7 +139,9 @@ def load_mtbench_questions(path: str | Path) -> list[str]:
         DataError: the file is missing, empty or malformed (message names file, line and field).
     """
     path = Path(path)
-    return _require_records(path, [_mtbench_prompt(item, where) for item, where in _json_lines(path)])
+    return _require_records(
+        path, [_mtbench_prompt(item, where) for item, where in _json_lines(path, _read_text(path))]
+    )
 
 
 def load_self_instruct(path: str | Path) -> list[PerformanceRecord]:
@@ -153,7 +155,7 @@ def load_self_instruct(path: str | Path) -> list[PerformanceRecord]:
         DataError: the file is missing, empty or malformed (message names file, line and field).
     """
     path = Path(path)
-    records = [_self_instruct_record(item, where) for item, where in _json_lines(path)]
+    records = [_self_instruct_record(item, where) for item, where in _json_lines(path, _read_text(path))]
     return _require_records(path, records)
 
 
@@ -183,7 +185,7 @@ def detect_eval_format(path: str | Path) -> str:
             f"AdvBench header `goal,target` or the XSTest header `id,prompt,type,label,focus,note`, {override}."
         )
     if suffix == ".jsonl":
-        item, where = next(_json_lines(path))
+        item, where = next(_json_lines(path, _read_text(path)))
         keys = set(item) if isinstance(item, dict) else set()
         for key, name in (("turns", "mtbench"), ("instances", "self-instruct"), ("messages", "chat")):
             if key in keys:
@@ -254,20 +256,6 @@ def _require_records(path: Path, records: list) -> list:
     if not records:
         raise DataError(f"`{path}` holds no records. Fix: add at least one record, or point to another file.")
     return records
-
-
-def _json_lines(path: Path) -> Iterator[tuple[Any, str]]:
-    """Yield (parsed object, "`path` line N") for each non-blank JSONL line."""
-    for lineno, line in enumerate(_read_text(path).splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"`{path}` line {lineno}"
-        try:
-            yield json.loads(line), where
-        except json.JSONDecodeError as e:
-            raise DataError(
-                f"{where}: invalid JSON ({e.msg}, column {e.colno}). Fix: write exactly one JSON object per line."
-            ) from e
 
 
 def _object(item: Any, where: str, fix: str) -> dict:

@@ -200,21 +200,23 @@ def _alpaca_record(item: Any, where: str, kind: str) -> Record:
     return SafetyRecord(query, output, _text(item, "unwanted", where, _UNWANTED_FIX), _category(item, where))
 
 
-def _read_jsonl(path: Path, text: str, kind: str) -> list[Record]:
-    records: list[Record] = []
+def _json_lines(path: Path, text: str) -> Iterator[tuple[Any, str]]:
+    """Yield (parsed object, "`path` line N") for each non-blank JSONL line of `text`."""
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         where = f"`{path}` line {lineno}"
         try:
-            item = json.loads(line)
+            yield json.loads(line), where
         except json.JSONDecodeError as e:
             raise DataError(
                 f"{where}: invalid JSON ({e.msg}, column {e.colno}). "
                 "Fix: write exactly one JSON object per line."
             ) from e
-        records.append(_chat_record(item, where, kind))
-    return records
+
+
+def _read_jsonl(path: Path, text: str, kind: str) -> list[Record]:
+    return [_chat_record(item, where, kind) for item, where in _json_lines(path, text)]
 
 
 def _chat_record(item: Any, where: str, kind: str) -> Record:
