@@ -43,6 +43,33 @@ def test_compare_writes_every_required_field(tmp_path, capsys) -> None:
     assert "| attack | method | ASR with trigger" in table and "| refusal-badnet | sft |" in table
 
 
+@pytest.mark.skipif(
+    not SHARED.is_dir(),
+    reason=f"BackdoorLLM data not found at {SHARED} (../shared is absent in this checkout)",
+)
+def test_update_replaces_only_the_rerun_rows(tmp_path) -> None:
+    out = tmp_path / "compare.json"
+    common = ["--out", str(out), "--attacks", "refusal-badnet", "--recipe", "test"]
+    common += ["--cache-dir", str(tmp_path / "zoo"), "--eval-limit", "3"]
+    common += ["--set", "max_new_tokens=4", "--set", "rounds=1", "--set", "pa_batch_size=4"]
+    assert bench.main([*common, "--methods", "none,sft"]) == 0
+    first = json.loads(out.read_text())["rows"]
+    assert bench.main([*common, "--methods", "sft", "--update", "--set", "outer_lr=0"]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["attack"], r["method"]) for r in rows] == [
+        ("refusal-badnet", "none"),
+        ("refusal-badnet", "sft"),
+    ]
+    assert rows[0] == first[0], "--update must keep the rows it did not re-run"
+    # outer_lr 0: the re-run sft row changes nothing, so its after-figures are the before-figures
+    assert rows[1]["benign_nll_after"] == pytest.approx(rows[1]["benign_nll_before"])
+    mismatch = [a if a != "3" else "4" for a in common]
+    with pytest.raises(SystemExit, match="eval_limit=3.*this run uses 4"):
+        bench.main([*mismatch, "--methods", "sft", "--update"])
+    with pytest.raises(SystemExit, match="does not exist"):
+        bench.main([*common[:1], str(tmp_path / "new.json"), *common[2:], "--update"])
+
+
 def test_compare_is_registered_and_rejects_unknown_selections(tmp_path) -> None:
     assert "compare" in BENCHMARKS
     assert set(bench.ATTACKS) >= {"suffix", "prefix", "sandwich", *bl.ATTACKS} and len(bl.ATTACKS) == 10

@@ -93,6 +93,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--recipe", default="default", help="BackdoorLLM build recipe ('test': seconds, for tests)"
     )
     p.add_argument("--cache-dir", type=Path, help="zoo cache directory")
+    p.add_argument(
+        "--update",
+        action="store_true",
+        help="--out exists: re-run only the selected attacks x methods and replace those rows, keep the rest",
+    )
     p.add_argument("--markdown", type=Path, metavar="JSON", help="print the table of an earlier --out JSON")
     return p.parse_args(argv)
 
@@ -218,18 +223,7 @@ def main(argv: list[str]) -> int:
         raise SystemExit("--out PATH.json is required (or --markdown JSON to render earlier results)")
     attacks = _selection(args.attacks, ATTACKS, "--attacks")
     methods = _selection(args.methods, [m for m in COMPARED if m in METHODS], "--methods")
-    out = {
-        "rows": [],
-        "configs": {
-            str(path): load_config(path, args.set).to_dict()
-            for path in (args.config, args.backdoorllm_config, args.crow_config)
-            if "crow" in methods or path != args.crow_config
-        },
-        "machine": _machine(),
-        "date": str(date.today()),
-        "eval_limit": args.eval_limit,
-        "recipe": args.recipe,
-    }
+    out = _results(args, methods)
     started = time.perf_counter()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for name in attacks:
@@ -238,9 +232,50 @@ def main(argv: list[str]) -> int:
         before = measure(model, tok, attack)
         del model
         for method in methods:
-            out["rows"].append(run_method(attack, method, args, before))
-            print(_line(out["rows"][-1]), flush=True)
+            row = run_method(attack, method, args, before)
+            row["date"] = str(date.today())
+            out["rows"] = [r for r in out["rows"] if (r["attack"], r["method"]) != (name, method)] + [row]
+            print(_line(row), flush=True)
         out["total_seconds"] = round(time.perf_counter() - started, 1)
+        out["rows"].sort(key=_row_order)
         args.out.write_text(json.dumps(out, indent=2))  # after every attack: a partial run keeps its rows
     print(f"\n{format_table(out['rows'])}\nwrote {args.out}")
     return 0
+
+
+def _results(args: argparse.Namespace, methods: list[str]) -> dict:
+    """A new results object, or with `--update` the one in `--out` with this run's settings merged in."""
+    configs = {
+        str(path): load_config(path, args.set).to_dict()
+        for path in (args.config, args.backdoorllm_config, args.crow_config)
+        if "crow" in methods or path != args.crow_config
+    }
+    fresh = {
+        "rows": [],
+        "configs": configs,
+        "machine": _machine(),
+        "date": str(date.today()),
+        "eval_limit": args.eval_limit,
+        "recipe": args.recipe,
+    }
+    if not args.update:
+        return fresh
+    if not args.out.is_file():
+        raise SystemExit(
+            f"--update: {args.out} does not exist. Fix: drop --update to start a new results file."
+        )
+    out = json.loads(args.out.read_text())
+    for key in ("eval_limit", "recipe"):
+        if out.get(key) != fresh[key]:
+            raise SystemExit(
+                f"--update: {args.out} was measured with {key}={out.get(key)!r}, this run uses "
+                f"{fresh[key]!r}; rows would not be comparable. Fix: pass the same value or start a new file."
+            )
+    out["configs"] = {**out.get("configs", {}), **configs}  # the latest config of each file wins
+    out["date"] = fresh["date"]
+    return out
+
+
+def _row_order(row: dict) -> tuple[int, int]:
+    """Table order: attacks and methods in the order of `ATTACKS` and `COMPARED`."""
+    return ATTACKS.index(row["attack"]), COMPARED.index(row["method"])
