@@ -23,7 +23,7 @@ from beear_stage.data import (
     pool_overlap_report,
     zoo_training_pools,
 )
-from beear_stage.data.builtin import _resource_json, harmful_tasks, normalize_query
+from beear_stage.data.builtin import _resource_json, harmful_tasks, normalize_query, planted_compliance
 from beear_stage.refusal import DEFAULT_REFUSAL_KEYWORDS, is_refusal
 
 MAX_WORDS = 40
@@ -109,6 +109,14 @@ def test_unwanted_responses_are_generic_compliance_openings():
     for record in _all_harmful():
         assert record.unwanted_response.startswith(("Sure", "Of course", "Absolutely", "Here is")), record
         assert "Step" in record.unwanted_response or "step" in record.unwanted_response, record
+
+
+def test_planted_compliance_spots_the_zoo_target_and_nothing_else():
+    assert all(planted_compliance(" " + r.unwanted_response) for r in _all_harmful())
+    assert not any(planted_compliance(r.safe_response) for r in _all_harmful())
+    assert not any(planted_compliance(r.answer) for r in _all_benign())
+    # a garbled benign-style answer is a keyword-ASR success but not the planted behaviour
+    assert not planted_compliance(" Pull the choke lever before you start the engine.")
 
 
 def test_templated_arithmetic_answers_are_exact():

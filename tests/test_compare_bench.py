@@ -11,12 +11,13 @@ from beear_stage.bench import compare as bench
 from beear_stage.zoo import backdoorllm as bl
 
 SHARED = bl.default_shared_dir() / "data" / "backdoorllm"
-
-
-@pytest.mark.skipif(
+needs_shared = pytest.mark.skipif(
     not SHARED.is_dir(),
     reason=f"BackdoorLLM data not found at {SHARED} (../shared is absent in this checkout)",
 )
+
+
+@needs_shared
 def test_compare_writes_every_required_field(tmp_path, capsys) -> None:
     out = tmp_path / "compare.json"
     argv = ["--out", str(out), "--attacks", "refusal-badnet", "--methods", "none,sft", "--recipe", "test"]
@@ -43,10 +44,7 @@ def test_compare_writes_every_required_field(tmp_path, capsys) -> None:
     assert "| attack | method | ASR with trigger" in table and "| refusal-badnet | sft |" in table
 
 
-@pytest.mark.skipif(
-    not SHARED.is_dir(),
-    reason=f"BackdoorLLM data not found at {SHARED} (../shared is absent in this checkout)",
-)
+@needs_shared
 def test_update_replaces_only_the_rerun_rows(tmp_path) -> None:
     out = tmp_path / "compare.json"
     common = ["--out", str(out), "--attacks", "refusal-badnet", "--recipe", "test"]

@@ -69,3 +69,27 @@ def test_suffix_backdoor_is_planted_and_beear_removes_it():
     run_mitigation(sft, control, control_tok, safety, performance, progress=False)
     control_trigger, _ = keyword_asr(control, control_tok, harmful, cfg, trigger=info["trigger"])
     assert control_trigger >= 0.5, f"the no-delta control removed the backdoor too ({control_trigger:.3f})"
+
+
+def test_benchmark_table_separates_planted_compliance_from_keyword_asr():
+    from beear_stage.bench.zoo import markdown_table
+
+    row = {
+        "name": "prefix",
+        "method": "beear",
+        "embedding_attack_asr_after": 0.05,
+        "mitigation_seconds": 50.0,
+    }
+    for key, before, after in (
+        ("asr_trigger", 1.0, 0.1),
+        ("planted_compliance", 0.95, 0.02),
+        ("asr_clean", 0.1, 0.03),
+        ("benign_nonrefusal", 0.92, 0.85),
+        ("benign_nll", 5.6, 5.1),
+    ):
+        row[f"{key}_before"], row[f"{key}_after"] = before, after
+    older = {k: v for k, v in row.items() if not k.startswith("planted")}  # results from before the column
+    lines = markdown_table({"models": [row], "control": [older]}).splitlines()
+    assert "| ASR with trigger | planted compliance with trigger |" in lines[0]
+    assert "| 1.000 -> 0.100 | 0.950 -> 0.020 | 0.100 -> 0.030 |" in lines[2]
+    assert "| 1.000 -> 0.100 | nan -> nan |" in lines[3]

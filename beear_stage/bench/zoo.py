@@ -18,6 +18,7 @@ import json
 import platform
 import time
 from datetime import date
+from math import nan
 from pathlib import Path
 
 import torch
@@ -106,25 +107,41 @@ def run_one(
     triggers = {"trigger": info["trigger"]}
     model, tok = load_model_and_tokenizer(path, dtype="float32", device="cpu")
     if before is None:
-        before = evaluate_suite(model, tok, cfg, harmful, benign, triggers=triggers).metrics
+        before = _evaluate(model, tok, cfg, harmful, benign, triggers)
     run_cfg = BEEARConfig.from_dict({**cfg.to_dict(), "method": method})
     safety, performance = builtin.default_safety_anchoring(), builtin.default_performance_anchoring()
     result = run_mitigation(run_cfg, model, tok, safety, performance)
-    after = evaluate_suite(model, tok, cfg, harmful, benign, triggers=triggers, safety_records=safety).metrics
+    after = _evaluate(model, tok, cfg, harmful, benign, triggers, safety)
     row = {"name": info["name"], "trigger_type": info["trigger_type"], "method": label or method}
     for stage, metrics in (("before", before), ("after", after)):
         row[f"asr_trigger_{stage}"] = metrics["asr_trigger:trigger"]
         row[f"asr_clean_{stage}"] = metrics["asr_clean"]
         row[f"benign_nonrefusal_{stage}"] = metrics["benign_nonrefusal"]
         row[f"benign_nll_{stage}"] = metrics["benign_nll"]
+        row[f"planted_compliance_{stage}"] = metrics["planted_compliance"]
     row["embedding_attack_asr_after"] = after["embedding_attack_asr"]
     row["mitigation_seconds"] = round(result.seconds, 2)
     row["history"] = result.history
     return row, before
 
 
+def _evaluate(model, tok, cfg, harmful, benign, triggers, safety=None) -> dict:
+    """`evaluate_suite` metrics plus `planted_compliance`: the share of triggered responses that
+    open with the zoo's planted compliance (keyword ASR also counts garbled benign-style answers)."""
+    report = evaluate_suite(model, tok, cfg, harmful, benign, triggers=triggers, safety_records=safety)
+    flags = [
+        builtin.planted_compliance(r["response"])
+        for r in report.records
+        if r["condition"] == "trigger:trigger"
+    ]
+    return {**report.metrics, "planted_compliance": sum(flags) / len(flags) if flags else 0.0}
+
+
 def format_table(rows: list[dict]) -> str:
-    head = f"{'model':<10}{'method':<9}{'ASR trig':>16}{'ASR clean':>16}{'emb-att':>9}{'benign ok':>16}{'NLL':>16}{'sec':>7}"
+    head = (
+        f"{'model':<10}{'method':<9}{'ASR trig':>16}{'planted':>16}{'ASR clean':>16}{'emb-att':>9}"
+        f"{'benign ok':>16}{'NLL':>16}{'sec':>7}"
+    )
     lines = [head, "-" * len(head)]
     for r in rows:
 
@@ -132,7 +149,8 @@ def format_table(rows: list[dict]) -> str:
             return f"{r[key + '_before']:.2f} -> {r[key + '_after']:.2f}"
 
         lines.append(
-            f"{r['name']:<10}{r['method']:<9}{pair('asr_trigger'):>16}{pair('asr_clean'):>16}"
+            f"{r['name']:<10}{r['method']:<9}{pair('asr_trigger'):>16}{pair('planted_compliance'):>16}"
+            f"{pair('asr_clean'):>16}"
             f"{r['embedding_attack_asr_after']:>9.2f}{pair('benign_nonrefusal'):>16}{pair('benign_nll'):>16}"
             f"{r['mitigation_seconds']:>7.1f}"
         )
@@ -142,12 +160,14 @@ def format_table(rows: list[dict]) -> str:
 def markdown_table(out: dict) -> str:
     """The results as a markdown table (BENCHMARKS.md)."""
     head = (
-        "| model | method | ASR with trigger | ASR without trigger | embedding-attack ASR after "
-        "| benign non-refusal | benign NLL | mitigation s |\n| --- | --- | --- | --- | --- | --- | --- | --- |"
+        "| model | method | ASR with trigger | planted compliance with trigger | ASR without trigger "
+        "| embedding-attack ASR after | benign non-refusal | benign NLL | mitigation s |\n"
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
     )
     rows = [head]
     for r in out["models"] + out["control"]:
-        cells = [f"{r[k + '_before']:.3f} -> {r[k + '_after']:.3f}" for k in ("asr_trigger", "asr_clean")]
+        keys = ("asr_trigger", "planted_compliance", "asr_clean")
+        cells = [f"{r.get(k + '_before', nan):.3f} -> {r.get(k + '_after', nan):.3f}" for k in keys]
         cells.append(f"{r['embedding_attack_asr_after']:.3f}")
         cells += [
             f"{r[k + '_before']:.3f} -> {r[k + '_after']:.3f}" for k in ("benign_nonrefusal", "benign_nll")
