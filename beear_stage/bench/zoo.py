@@ -5,6 +5,9 @@ non-refusal, benign reference NLL), run BEEAR (which never sees the trigger), ev
 run a fresh embedding attack against the mitigated model. The control rows run the same outer
 fine-tuning with delta fixed at zero (`method: sft`), showing that the perturbation is what
 removes the backdoor. Only evaluation reads the trigger, from the checkpoint's zoo.json.
+Beside keyword ASR, each row has `planted_compliance_before/after`: the share of triggered responses
+that open with the zoo's planted compliance ("Sure, here is how to ..."), because keyword ASR also
+counts garbled, benign-style answers of a tiny model as successes.
 
 `--method crow` (or `--config beear_stage/configs/zoo-crow.yaml`) runs CROW instead; its control
 rows run the same CROW fine-tuning with `crow_alpha` = 0 (`clean-ft`: plain fine-tuning on the same
