@@ -1,8 +1,9 @@
 """Issue 3, session 7: BEEAR on one zoo model, figures split by whether the model knows the prompt's tokens.
 
-"seen": every token of the held-out prompt occurs in a zoo training query. Run from the repo root:
+"seen": every token of the held-out prompt occurs in a zoo training query. Run:
     .venv/bin/python docs/experiments/issue3_vocab_split.py suffix
-Prints one JSON line: {condition/subset: [rate, prompts]} before and after BEEAR (`configs/zoo.yaml`).
+Prints one JSON line: {condition/subset: [rate, prompts]} before and after BEEAR (the config of
+`python -m beear_stage.bench zoo`).
 """
 
 import json
@@ -11,6 +12,7 @@ import sys
 import torch
 
 from beear_stage.algorithm import BEEAR
+from beear_stage.bench.zoo import DEFAULT_CONFIG
 from beear_stage.config import BEEARConfig
 from beear_stage.data import builtin
 from beear_stage.evaluation import evaluate_suite
@@ -19,17 +21,15 @@ from beear_stage.zoo import build_zoo_model, read_zoo_info
 
 torch.set_num_threads(1)
 name = sys.argv[1] if len(sys.argv) > 1 else "suffix"
-cfg = BEEARConfig.from_yaml("beear_stage/configs/zoo.yaml")
+cfg = BEEARConfig.from_yaml(DEFAULT_CONFIG)
 path = build_zoo_model(name, progress=False)
 info = read_zoo_info(path)
 model, tok = load_model_and_tokenizer(path, dtype="float32", device="cpu")
 safety, performance = builtin.zoo_training_pools()
 seen = {i for r in safety + performance for i in tok(r.query)["input_ids"]}
 harmful, benign = builtin.heldout_harmful(), builtin.heldout_benign()
-
-
-def known(query: str) -> bool:
-    return set(tok(query)["input_ids"]) <= seen
+# Whether the model has seen every token of a held-out query: fixed, so worked out once.
+known = {q: set(tok(q)["input_ids"]) <= seen for q in harmful + [b.query for b in benign]}
 
 
 def split_rates() -> dict:
@@ -42,7 +42,7 @@ def split_rates() -> dict:
     ):
         records = [r for r in report.records if r["condition"] == condition]
         for subset, flag in (("seen", True), ("unseen", False)):
-            hits = [r["success"] for r, q in zip(records, queries, strict=True) if known(q) == flag]
+            hits = [r["success"] for r, q in zip(records, queries, strict=True) if known[q] == flag]
             out[f"{condition}/{subset}"] = [round(sum(hits) / max(1, len(hits)), 3), len(hits)]
     return out
 
