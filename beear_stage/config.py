@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,53 @@ TRAINABLE_SCOPES = ("all", "upto_layer")
 OUTER_OPTIMIZERS = ("adamw", "sgd")
 PA_LOSSES = ("ce", "kl")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+# Accepted range of numeric fields (inclusive). The lower ends repeat or extend the rules in
+# `__post_init__`; the upper ends are far beyond any sensible run and only stop typos and hostile
+# configs (`k` = 10**9 would allocate a k x hidden delta) before a model loads.
+_BIG = 1_000_000
+_LIMITS: dict[str, tuple[float, float, str]] = {
+    "layer": (1, 4096, "no supported model has more decoder layers"),
+    "k": (1, 4096, "delta covers the last k prompt positions"),
+    "max_length": (8, 131_072, "tokens per example"),
+    "response_tokens": (1, 131_072, "tokens per response"),
+    "micro_batch_size": (1, 65_536, "rows per forward pass"),
+    "inner_steps": (0, _BIG, "Adam steps per round"),
+    "inner_lr": (0, 100, "relative to RMS(h_l); the paper uses 0.1"),
+    "alpha": (0, _BIG, "weight of the away-from-safe term"),
+    "alpha_cap": (0, _BIG, "clamp of CE(y_s)"),
+    "delta_max_norm": (0, 1000, "relative to sqrt(hidden) * RMS(h_l)"),
+    "inner_batch_size": (1, 65_536, "records per step"),
+    "rounds": (1, 100_000, "inner/outer alternations"),
+    "outer_steps": (0, _BIG, "optimiser steps per round"),
+    "outer_lr": (0, 1, "a learning rate above 1 diverges at once"),
+    "weight_decay": (0, 10, "decoupled weight decay, usually 0 to 0.1"),
+    "sa_batch_size": (1, 65_536, "records per step"),
+    "pa_batch_size": (1, 65_536, "records per step"),
+    "pa_weight": (0, _BIG, "weight of the performance-anchoring term"),
+    "pa_response_tokens": (1, 131_072, "tokens per answer"),
+    "pa_delta_weight": (0, _BIG, "weight of the PA term under delta"),
+    "max_grad_norm": (0, _BIG, "0 disables clipping"),
+    "divergence_loss": (1e-12, _BIG, "a loss above it aborts the run; it must be positive"),
+    "crow_steps": (1, _BIG, "optimiser steps"),
+    "crow_eps": (0, 100, "FGSM step on each embedding element"),
+    "crow_alpha": (0, _BIG, "weight of the consistency loss"),
+    "eval_batch_size": (1, 65_536, "prompts per generate call"),
+    "max_new_tokens": (1, 32_768, "tokens generated per prompt"),
+    "seed": (0, 2**63 - 1, "torch.manual_seed accepts non-negative 64-bit seeds"),
+}
+# A valid value of each field for the "Fix: write e.g. ..." part of a message.
+_DEFAULT_EXAMPLE: dict[str, Any] = {
+    "layer": 9, "k": 7, "max_length": 256, "response_tokens": 8, "micro_batch_size": 16,
+    "inner_steps": 5, "inner_lr": 0.1, "alpha": 0.05, "alpha_cap": 5.0, "delta_max_norm": 2.0,
+    "inner_batch_size": 16, "rounds": 6, "outer_steps": 1, "outer_lr": "3.0e-7", "weight_decay": 0.0,
+    "sa_batch_size": 16, "pa_batch_size": 16, "pa_weight": 1.0, "pa_response_tokens": 8,
+    "pa_delta_weight": 0.0, "max_grad_norm": 1.0, "divergence_loss": 50.0, "crow_steps": 60,
+    "crow_eps": 0.1, "crow_alpha": 5.5, "eval_batch_size": 32, "max_new_tokens": 32, "seed": 0,
+    "method": "beear", "dtype": "auto", "device": "auto", "trainable": "upto_layer",
+    "outer_optimizer": "adamw", "pa_loss": "ce", "gradient_checkpointing": "false",
+    "delta_reset": "true", "refusal_keywords": "null", "extra": "{}",
+}  # fmt: skip
 
 
 @dataclass
@@ -157,6 +205,7 @@ class BEEARConfig:
 
     def __post_init__(self) -> None:
         self._coerce_numbers()
+        self._check_types()
 
         def need(cond: bool, name: str, why: str, fix: str) -> None:
             if not cond:
@@ -228,6 +277,55 @@ class BEEARConfig:
                 "`method` = 'beear' with `inner_steps` = 0: BEEAR without an inner level is plain "
                 "fine-tuning. Fix: set inner_steps >= 1, or method: sft for the control."
             )
+        self._check_ranges()
+
+    def _check_types(self) -> None:
+        """Each field holds its declared type: `layer: 1.5`, `layer: [1]`, `layer: null` and
+        `rounds: true` are errors, not numbers (a bool is not an int here); floats must be finite."""
+        for f in dataclasses.fields(self):
+            value, kind = getattr(self, f.name), str(f.type)
+            optional = kind.endswith("| None")
+            if value is None and optional:
+                continue
+            base = kind.removesuffix(" | None")
+            if base == "int":
+                ok = isinstance(value, int) and not isinstance(value, bool)
+                want = "an integer" + (" or null" if optional else "")
+            elif base == "float":
+                ok = isinstance(value, int | float) and not isinstance(value, bool)
+                want = "a finite number" + (" or null" if optional else "")
+                if ok and not math.isfinite(value):
+                    ok, want = False, "a finite number (NaN and infinity are refused)"
+                if ok:
+                    setattr(self, f.name, float(value))
+            elif base == "bool":
+                ok, want = isinstance(value, bool), "true or false"
+            elif base == "str":
+                ok, want = isinstance(value, str), "a string"
+            elif base == "list[str]":
+                ok = isinstance(value, list) and all(isinstance(v, str) and v for v in value)
+                want = "a list of non-empty strings or null"
+            else:  # `extra`
+                ok, want = isinstance(value, dict), "a mapping"
+            if not ok:
+                example = _DEFAULT_EXAMPLE.get(f.name, "")
+                raise ConfigError(
+                    f"`{f.name}` = {value!r}: expected {want} ({kind}), got {type(value).__name__}. "
+                    f"Fix: write e.g. `{f.name}: {example}` in the YAML or `--set {f.name}={example}`."
+                )
+
+    def _check_ranges(self) -> None:
+        """Refuse values no run could mean (`k` = 10**9, `outer_lr` = 50): `_LIMITS` holds the
+        largest accepted value of each field and, for those without a rule above, the smallest."""
+        for name, (lo, hi, why) in _LIMITS.items():
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if not lo <= value <= hi:
+                raise ConfigError(
+                    f"`{name}` = {value!r}: outside [{lo:g}, {hi:g}] ({why}). "
+                    f"Fix: choose a value in that range, e.g. `{name}: {_DEFAULT_EXAMPLE.get(name, lo)}`."
+                )
 
     def _coerce_numbers(self) -> None:
         """Accept numeric strings for numeric fields (YAML 1.1 reads `2e-4` as a string)."""
@@ -239,7 +337,8 @@ class BEEARConfig:
                 setattr(self, f.name, int(value) if kind.startswith("int") else float(value))
             except ValueError as e:
                 raise ConfigError(
-                    f"`{f.name}` = {value!r}: expected a number ({kind}). Fix: write e.g. {f.name}: 3.0e-4."
+                    f"`{f.name}` = {value!r}: expected a number ({kind}). "
+                    f"Fix: write e.g. `{f.name}: {_DEFAULT_EXAMPLE.get(f.name, 1)}`."
                 ) from e
 
     # ------------------------------------------------------------------ (de)serialisation

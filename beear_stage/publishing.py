@@ -41,7 +41,7 @@ from beear_stage.exceptions import BEEARError, CheckpointError, GateError
 logger = logging.getLogger(__name__)
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
-_REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+REPO_ID_PATTERN = re.compile(r"^[\w.-]+/[\w.-]+$")  # Hub `namespace/name`
 _METHODS = {
     "beear": "BEEAR (Backdoor Embedding Entrapment and Adversarial Removal, arXiv 2406.17092)",
     "sft": "safety fine-tuning without the BEEAR inner level (control)",
@@ -89,7 +89,7 @@ def build_model_card(
         report = GateReport.from_dict(report)
     all_tags = list(dict.fromkeys(["beear", "backdoor-removal", "safety", method, *tags]))
     data = ModelCardData(
-        base_model=base_model if _REPO_ID.match(base_model) else None,
+        base_model=base_model if REPO_ID_PATTERN.match(base_model) else None,
         tags=all_tags,
         library_name="transformers",
         license=license,
@@ -187,7 +187,7 @@ def publish_checkpoint(
         report = GateReport.from_dict(report)
     if not report.passed:
         raise GateError(f"refusing to publish `{repo_id}`: {report.failure_message()}")
-    if not _REPO_ID.match(repo_id):
+    if not REPO_ID_PATTERN.match(repo_id):
         raise PublishError(
             f"`repo_id` = {repo_id!r}: expected 'namespace/name'. Fix: e.g. 'my-org/model-beear'."
         )

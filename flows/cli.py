@@ -27,13 +27,28 @@ QUIET_ENV = {
 
 
 def _key_value(text: str) -> tuple[str, Any]:
-    """`key=value` with a YAML-typed value (`rounds=4` -> int, `method=none` -> str)."""
+    """`key=value` with a YAML-typed value (`rounds=4` -> int, `method=none` -> str).
+
+    A malformed pair is an argparse error (exit 2). Whether the value suits the key is checked by
+    `BEEARConfig` / `GateThresholds` in `flow_parameters` (also exit 2): `rounds=` reads as null and
+    `layer=[1]` as a list, and both are refused there with the key, the value and the fix.
+    """
     import yaml
 
     key, sep, value = text.partition("=")
+    key = key.strip()
     if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    return key.strip(), yaml.safe_load(value)
+        raise argparse.ArgumentTypeError(
+            f"expected KEY=VALUE, got {text!r}. Fix: e.g. --set rounds=4 or --gate asr_max=0.05"
+        )
+    try:
+        return key, yaml.safe_load(value)
+    except yaml.YAMLError as e:
+        why = " ".join(str(e).split())
+        raise argparse.ArgumentTypeError(
+            f"`{key}` = {value!r} is not a YAML value ({why}). Fix: write a number, a word or a "
+            f"quoted string, e.g. {key}=4 or {key}='text'"
+        ) from e
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,11 +113,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def flow_parameters(args: argparse.Namespace) -> dict[str, Any]:
     """Flow parameters from `run` arguments; the config is resolved here so bad input fails fast."""
-    from flows.release import resolve_config
+    from beear_stage.gates.evaluator import GateThresholds
+    from flows.release import check_release_options, resolve_config
 
     config = resolve_config(args.config)
     if args.overrides:
         config = config.from_dict(config.to_dict(), **dict(args.overrides))
+    GateThresholds.from_dict(dict(args.gates))  # a bad --gate fails here, not after the baseline
+    check_release_options(
+        checkpoint=args.checkpoint,
+        eval_limit=args.eval_limit,
+        publish_to=args.publish_to,
+        registry_name=args.registry_name,
+        output_dir=args.output_dir,
+    )
     data = {
         "safety_anchoring": args.safety_anchoring,
         "performance_anchoring": args.performance_anchoring,

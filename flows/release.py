@@ -20,6 +20,7 @@ from prefect.states import Failed
 
 from beear_stage.config import BEEARConfig
 from beear_stage.data.eval_sets import detect_eval_format
+from beear_stage.exceptions import ConfigError
 from beear_stage.gates.base import DEFAULT_GATES
 from beear_stage.gates.code import CODE_GATES
 from beear_stage.gates.evaluator import GateThresholds
@@ -52,6 +53,40 @@ def resolve_config(config: str | dict[str, Any] | None) -> BEEARConfig:
     if not path.is_absolute() and not path.exists() and (project_root() / path).exists():
         path = project_root() / path
     return BEEARConfig.from_yaml(path)
+
+
+def check_release_options(
+    *, checkpoint: str, eval_limit: int, publish_to: str, registry_name: str, output_dir: str
+) -> None:
+    """Refuse release options that would mean something else than the user typed.
+
+    `--checkpoint ""` would load the current directory and `--output-dir ""` write into it; a
+    negative `--eval-limit` has no meaning; a malformed `--publish-to` would only fail after the
+    whole run, at the upload.
+
+    Raises:
+        ConfigError: naming the option, the value and the fix.
+    """
+    from beear_stage.publishing import REPO_ID_PATTERN
+
+    if not isinstance(checkpoint, str) or not checkpoint.strip():
+        raise ConfigError(
+            f"`--checkpoint` = {checkpoint!r} is empty; an empty path would mean the current directory. "
+            "Fix: pass a local HF checkpoint directory, a Hub repo id (`owner/name`) or `zoo:<name>`."
+        )
+    if isinstance(eval_limit, bool) or not isinstance(eval_limit, int) or eval_limit < 0:
+        raise ConfigError(
+            f"`--eval-limit` = {eval_limit!r}: must be an integer >= 0. "
+            "Fix: pass N > 0 for N evenly spaced prompts of each eval set, or 0 for all of them."
+        )
+    if publish_to and not REPO_ID_PATTERN.match(publish_to):
+        raise ConfigError(
+            f"`--publish-to` = {publish_to!r}: not a Hub repo id. Fix: e.g. `--publish-to my-org/model-beear`, "
+            "or leave it out to register in MLflow only."
+        )
+    for option, value in (("--registry-name", registry_name), ("--output-dir", output_dir)):
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(f"`{option}` = {value!r} is empty. Fix: pass a name, or leave the option out.")
 
 
 def trigger_set(known_triggers: list[str] | None, checkpoint_dir: str) -> dict[str, str]:
@@ -124,6 +159,13 @@ def release(
     """
     start, started_at = time.perf_counter(), time.time()
     log = get_run_logger()
+    check_release_options(
+        checkpoint=checkpoint,
+        eval_limit=data.eval_limit,
+        publish_to=publish_to,
+        registry_name=registry_name,
+        output_dir=output_dir,
+    )
     cfg = resolve_config(config)
     thresholds = GateThresholds.from_dict(gates or {})
     thresholds.gates = flow_gates(thresholds.gates, data)
