@@ -55,8 +55,30 @@ logger = logging.getLogger(__name__)
 MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
 OWNER_HOST, OWNER_PID = "beear.host", "beear.pid"  # run tags: the process that owns a RUNNING run
 _TRUNCATED = "...[truncated]"
-_SECRET_KEY = re.compile(r"token|secret|password|passwd|api[_-]?key|credential", re.IGNORECASE)
+# Credential-shaped key names: `hf_token`, `api_token`, `access_token`, `auth_token`, `token`,
+# `api_key`, `secret_key`, `private_key`, `password`, `client_secret`, `authorization`, ... The
+# name is split into words (`_`, `-`, `.`, camelCase) and checked word by word, so counts that
+# merely mention tokens (`max_new_tokens`, `response_tokens`, `pa_response_tokens`) or keys
+# (`refusal_keywords`, `key_column`) stay readable: they are needed to reproduce a run.
+_SECRET_WORDS = frozenset(
+    {"token", "secret", "secrets", "password", "passwd", "passphrase", "pwd", "credential",
+     "credentials", "authorization", "auth", "apikey", "cookie", "bearer"}
+)  # fmt: skip
+_KEY_QUALIFIERS = frozenset({"api", "secret", "private", "access", "auth", "signing", "encryption"})
 _BAD_METRIC_CHARS = re.compile(r"[^A-Za-z0-9_.\- ]+")
+
+
+def is_secret_key(name: Any) -> bool:
+    """True when a config key names a credential (`hf_token`, `API_KEY`, `db.password`), not a
+    count or setting that mentions one (`max_new_tokens`, `response_tokens`, `refusal_keywords`)."""
+    spaced = re.sub(r"([a-z0-9])([A-Z])", r"\1 \2", str(name))
+    words = [w for w in re.split(r"[^A-Za-z0-9]+", spaced.lower()) if w]
+    if any(w in _SECRET_WORDS for w in words):
+        return True
+    # `api_key`, `secret_key`, `private_key`: a key with a qualifier, never a bare `key`
+    return any(
+        w in ("key", "keys") and i > 0 and words[i - 1] in _KEY_QUALIFIERS for i, w in enumerate(words)
+    )
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -75,7 +97,7 @@ def flatten_params(config: Mapping[str, Any], prefix: str = "") -> dict[str, str
         if isinstance(value, Mapping) and value:
             flat.update(flatten_params(value, prefix=f"{full}."))
             continue
-        if _SECRET_KEY.search(str(key)):
+        if is_secret_key(key):
             text = "***redacted***"
         elif isinstance(value, str):
             text = value
@@ -89,10 +111,7 @@ def flatten_params(config: Mapping[str, Any], prefix: str = "") -> dict[str, str
 
 def _redact_config(config: Any) -> Any:
     if isinstance(config, Mapping):
-        return {
-            k: "***redacted***" if _SECRET_KEY.search(str(k)) else _redact_config(v)
-            for k, v in config.items()
-        }
+        return {k: "***redacted***" if is_secret_key(k) else _redact_config(v) for k, v in config.items()}
     if isinstance(config, list | tuple):
         return [_redact_config(v) for v in config]
     return config

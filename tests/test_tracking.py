@@ -94,6 +94,61 @@ def test_names_and_params_helpers():
     assert len(flat["long"]) == 6000 and flat["long"].endswith("...[truncated]")
 
 
+def test_every_config_field_is_logged_unredacted_and_only_credentials_are_redacted(store):
+    """Reproducibility: `max_new_tokens`, `response_tokens`, `pa_response_tokens` (and every other
+    field) are stored as their values; credential-shaped names (`hf_token`, ...) are redacted."""
+    import yaml
+
+    from beear_stage.tracking import is_secret_key
+
+    config = BEEARConfig(response_tokens=8, pa_response_tokens=4, refusal_keywords=["sorry"])
+    secrets = {"hf_token": SECRET, "api_key": SECRET, "db": {"password": SECRET}, "Authorization": SECRET}
+    data = {**config.to_dict(), "extra": {"run_note": "tiny", **secrets}}
+    flat = flatten_params(data)
+    for name, value in config.to_dict().items():
+        if name == "extra":
+            continue
+        expected = value if isinstance(value, str) else json.dumps(value)
+        assert flat[name] == expected, f"config field `{name}` is not logged as its value: {flat[name]!r}"
+    assert (
+        flat["max_new_tokens"] == "32"
+        and flat["response_tokens"] == "8"
+        and flat["pa_response_tokens"] == "4"
+    )
+    assert flat["extra.run_note"] == "tiny"
+    for key in ("extra.hf_token", "extra.api_key", "extra.db.password", "extra.Authorization"):
+        assert flat[key] == "***redacted***", key
+    assert SECRET not in json.dumps(flat)
+    for name in (
+        "access_token",
+        "auth_token",
+        "api_token",
+        "secret_key",
+        "client_secret",
+        "HF_TOKEN",
+        "apiKey",
+    ):
+        assert is_secret_key(name), name
+    for name in ("max_new_tokens", "response_tokens", "pa_response_tokens", "refusal_keywords", "tokenizer"):
+        assert not is_secret_key(name), name
+
+    # the same through a real MLflow store: params and the logged config.yaml
+    from mlflow import MlflowClient
+
+    with _tracker(store, "redaction").start("redaction") as tracker:
+        run_id = tracker.run_id
+        tracker.log_config(data)
+    client = MlflowClient(store["uri"])
+    params = client.get_run(run_id).data.params
+    assert params["max_new_tokens"] == "32" and params["pa_response_tokens"] == "4"
+    assert params["extra.hf_token"] == "***redacted***"
+    logged = yaml.safe_load(
+        Path(client.download_artifacts(run_id, "config.yaml", str(store["root"]))).read_text()
+    )
+    assert logged["response_tokens"] == 8 and logged["max_new_tokens"] == 32
+    assert logged["extra"]["hf_token"] == "***redacted***" and SECRET not in json.dumps(logged)
+
+
 def test_run_logs_config_metrics_history_and_artifacts(store, checkpoint, tmp_path):
     config = BEEARConfig(rounds=3, extra={"hub_token": SECRET, "note": "tiny"})
     report = evaluate_gates(BEFORE, GOOD)
