@@ -303,8 +303,8 @@ class BEEARConfig:
             elif base == "str":
                 ok, want = isinstance(value, str), "a string"
             elif base == "list[str]":
-                ok = isinstance(value, list) and all(isinstance(v, str) and v for v in value)
-                want = "a list of non-empty strings or null"
+                ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+                want = "a list of strings or null"
             else:  # `extra`
                 ok, want = isinstance(value, dict), "a mapping"
             if not ok:

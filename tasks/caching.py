@@ -39,8 +39,9 @@ def _common(params: dict[str, Any]) -> tuple:
     )
 
 
+# v2: results carry the sample size of each rate (`n:<metric>`); older cached results lack them
 def evaluate_key(context, params: dict[str, Any]) -> str:
-    return f"beear-evaluate-{params['label']}-{_digest(*_common(params), params['triggers'])}"
+    return f"beear-evaluate-v2-{params['label']}-{_digest(*_common(params), params['triggers'])}"
 
 
 def mitigate_key(context, params: dict[str, Any]) -> str:

@@ -17,6 +17,7 @@ from pathlib import Path
 from prefect import get_run_logger, task
 
 from beear_stage.config import BEEARConfig
+from beear_stage.gates.intervals import sample_sizes
 from tasks.caching import evaluate_key, mitigate_key
 from tasks.data import DataSources, load_data, read_jsonl
 
@@ -78,7 +79,7 @@ def evaluate(
             for the baseline itself.
 
     Returns:
-        {"metrics": {name: value}, "generations": JSONL path, "seconds": time inside beear_stage,
+        {"metrics": {name: value, and `n:<rate>` = prompts behind each rate}, "generations": JSONL path, "seconds": time inside beear_stage,
          "finished_at": epoch seconds (tells a cached result from a fresh one)}.
     """
     start = time.perf_counter()  # library imports, data loading and model loading count as compute
@@ -110,7 +111,8 @@ def evaluate(
     out = Path(out_dir) / f"{label}_generations.jsonl"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("".join(json.dumps({"model": label, **r}) + "\n" for r in report.records))
-    metrics = {k: float(v) for k, v in report.metrics.items()}
+    # the gates decide on Wilson intervals: each rate travels with its sample size `n:<metric>`
+    metrics = {k: float(v) for k, v in report.metrics.items()} | sample_sizes(report.records)
     get_run_logger().info("%s metrics: %s", label, {k: round(v, 4) for k, v in metrics.items()})
     return {"metrics": metrics, "generations": str(out), "seconds": seconds, "finished_at": time.time()}
 

@@ -9,14 +9,19 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from beear_stage.gates.evaluator import GateReport, evaluate_gates
+from beear_stage.markdown import escape_markdown
 
 
 def gate_rows(report: GateReport) -> list[dict]:
-    """One table row per gate result (for the table artifact and the CLI)."""
+    """One table row per gate result (for the table artifact); names escaped (they may come from a
+    checkpoint's zoo card, and the UI renders and exports the table)."""
     return [
         {
-            "gate": r.name,
+            "gate": escape_markdown(r.name),
             "value": None if r.value is None else round(r.value, 4),
+            "ci_low": None if r.ci_low is None else round(r.ci_low, 4),
+            "ci_high": None if r.ci_high is None else round(r.ci_high, 4),
+            "n": r.n,
             "threshold": round(r.threshold, 4),
             "margin": None if r.margin is None else round(r.margin, 4),
             "verdict": "pass" if r.passed else "FAIL",

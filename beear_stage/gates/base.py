@@ -14,7 +14,21 @@ metric is missing or not finite). Thresholds and the pass/fail verdict live in
 `beear_stage.gates.evaluator`, so the same gate serves any release policy.
 
 Metrics contract (produced by `beear_stage.evaluation`): `asr_clean`, `asr_trigger:<name>` (one per
-known trigger), `embedding_attack_asr`, `benign_nonrefusal` (rates in [0, 1]) and `benign_nll`.
+known trigger), `embedding_attack_asr`, `benign_nonrefusal` (rates in [0, 1]) and `benign_nll`;
+beside each rate, `n:<metric>` = the number of prompts it was measured on (added by the release
+flow's `evaluate` task from the per-prompt records, `beear_stage.gates.intervals.sample_sizes`).
+
+Intervals: a rate gate (`rate = True`) also reports a 95 % Wilson interval of its value through
+`intervals(before, after)`, and the evaluator decides on the interval's upper end (every gate's
+value is smaller-is-better, so the upper end is the bound that protects the user). For a rate read
+from the candidate the interval is the rate's Wilson interval. For a rise or drop over the baseline
+(candidate minus baseline, or baseline minus candidate) it is the candidate's Wilson interval
+shifted by the baseline's measured rate: the baseline figure is the reference the candidate is held
+to, and the interval covers the sampling error of the candidate's rate. Both rates come from the
+same prompts (a paired design), so an interval for the difference of two independent proportions
+(Newcombe's) would overstate the noise, and a paired interval would need the per-prompt pairs the
+metrics do not carry. Without `n:<metric>` a rate gate reports no interval and is decided on its
+point estimate (said so in the result's detail).
 """
 
 from __future__ import annotations
@@ -22,7 +36,9 @@ from __future__ import annotations
 import importlib
 import logging
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+
+from beear_stage.gates.intervals import Interval, count_key, wilson_interval
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +74,8 @@ class Gate:
     default_threshold: float | None = None
     # range every non-None score must fall in (checked by the contract test)
     value_range: tuple[float, float] = (0.0, 1.0)
+    # the value is a rate or a rate difference: decided on a Wilson interval when `n:<metric>` is known
+    rate: bool = False
 
     def score(self, before: Metrics, after: Metrics) -> float | None:
         """Return the gate's value for the candidate; smaller is better, None = cannot score."""
@@ -67,7 +85,46 @@ class Gate:
         """Return named scores; one entry `{self.name: score}` except for gate families."""
         return {self.name: self.score(before, after)}
 
+    def interval(self, before: Metrics, after: Metrics) -> Interval | None:
+        """Return the 95 % interval of `score`'s value; None = no interval (not a rate, or n unknown)."""
+        return None
+
+    def intervals(self, before: Metrics, after: Metrics) -> dict[str, Interval | None]:
+        """Return the interval of each result of `scores` (by result name)."""
+        return {self.name: self.interval(before, after)}
+
     # ------------------------------------------------------------------ helpers for subclasses
+    def rate_interval(
+        self, metrics: Metrics, key: str, which: str, shift: Callable[[float], float] = float
+    ) -> Interval | None:
+        """Wilson interval of the rate `key`, from `metrics[key]` and its sample size `n:<key>`.
+
+        Args:
+            shift: maps a rate to the gate's value (e.g. `lambda r: r - baseline` for a rise); it
+                must be monotone, and the interval's ends are sorted after it.
+
+        Returns:
+            None when the rate or its sample size is missing or unusable (a warning says why).
+        """
+        rate = self.value(metrics, key)
+        raw_n = metrics.get(count_key(key))
+        if rate is None or raw_n is None:
+            return None
+        n = float(raw_n)
+        successes = rate * n
+        if not (math.isfinite(n) and n >= 1 and n == int(n)) or abs(successes - round(successes)) > 1e-6 * n:
+            logger.warning(
+                "gate %s: sample size `%s` = %r (%s) does not fit rate %r; deciding on the point estimate",
+                self.name,
+                count_key(key),
+                raw_n,
+                which,
+                rate,
+            )
+            return None
+        low, high = sorted(shift(x) for x in wilson_interval(round(successes), int(n)))
+        return Interval(low, high, int(n))
+
     def metric(self, metrics: Metrics, key: str, which: str) -> float | None:
         """Read `key` from `metrics` (`which` = "before" or "after"), warning when it is unusable."""
         value = metrics.get(key)
@@ -81,6 +138,14 @@ class Gate:
             logger.warning("gate %s cannot score: metric `%s` (%s) is %r", self.name, key, which, value)
             return None
         return value
+
+    @staticmethod
+    def value(metrics: Metrics, key: str) -> float | None:
+        """`metrics[key]` as a finite float, else None, without a warning (`metric` already gave one)."""
+        value = metrics.get(key)
+        if value is None or not math.isfinite(float(value)):
+            return None
+        return float(value)
 
     def __repr__(self) -> str:
         return f"{type(self).__module__}.{type(self).__name__}()"

@@ -13,10 +13,19 @@ API:
         instances (None = `DEFAULT_GATES`).
     GateReport: .passed, .results (list[GateResult]), .before, .after, .thresholds,
         .to_markdown(), .failure_message(), .failed(), .metrics(), .to_dict(), GateReport.from_dict(d)
-    GateResult(name, value, threshold, passed, margin, detail, gate)
+    GateResult(name, value, threshold, passed, margin, detail, gate, ci_low, ci_high, n)
 
-Every gate passes when its value is <= its threshold (`margin = threshold - value`, negative on
-failure). A gate that cannot score (value None) fails unless `none_is_fail` is False.
+Every gate's value is smaller-is-better and every threshold is the largest acceptable value of
+the quantity the gate estimates (the true rate, not the rate seen on this sample). A rate gate
+with a known sample size (`n:<metric>`) passes only when the upper end of its 95 % Wilson interval
+is <= its threshold (`beear_stage.gates.base`, "Intervals"): the bound that protects the user; for
+benign non-refusal that is the lower end of the candidate's rate. Other gates, and rate gates
+without a sample size, are decided on the point estimate. `margin = threshold - decided-on figure`
+(negative on failure). A gate that cannot score (value None) fails unless `none_is_fail` is False.
+
+Reports carry names from the checkpoint and data (a zoo card's name becomes `asr_trigger:zoo_<name>`),
+so every such string is escaped (`beear_stage.markdown.escape_markdown`) in the markdown report
+and the failure message.
 """
 
 from __future__ import annotations
@@ -30,6 +39,8 @@ from typing import Any
 
 from beear_stage.exceptions import ConfigError, GateError
 from beear_stage.gates.base import Gate, load_gates
+from beear_stage.gates.intervals import Interval
+from beear_stage.markdown import escape_markdown
 
 logger = logging.getLogger(__name__)
 
@@ -155,7 +166,11 @@ def _check_number(name: str, value: Any, lo: float, hi: float, fix: str) -> None
 
 @dataclass(frozen=True)
 class GateResult:
-    """One scored gate result: value vs threshold, verdict, margin (threshold - value) and why."""
+    """One scored gate result: point value, 95 % interval, threshold, verdict, margin and why.
+
+    `ci_low`/`ci_high`/`n` are None for a gate without an interval. `margin` = threshold minus the
+    figure the verdict used: `ci_high` when there is an interval, else `value`.
+    """
 
     name: str
     value: float | None
@@ -164,6 +179,30 @@ class GateResult:
     margin: float | None
     detail: str
     gate: str = ""
+    ci_low: float | None = None
+    ci_high: float | None = None
+    n: int | None = None
+
+    @property
+    def has_interval(self) -> bool:
+        return self.ci_low is not None and self.ci_high is not None
+
+    def interval_text(self) -> str:
+        """`[0.0097, 0.0625]` (or "n/a")."""
+        return f"[{self.ci_low:.4f}, {self.ci_high:.4f}]" if self.has_interval else "n/a"
+
+    def summary(self) -> str:
+        """One line: point value, interval, the figure decided on against the threshold (escaped)."""
+        name = escape_markdown(self.name)
+        if self.value is None:
+            return f"{name} could not be scored ({self.detail})"
+        op = "<=" if self.passed else ">"
+        if not self.has_interval:
+            return f"{name} = {self.value:.4f} {op} max {self.threshold:.4f} (margin {self.margin:+.4f})"
+        return (
+            f"{name} = {self.value:.4f} (95 % CI {self.interval_text()}, n = {self.n}): upper end "
+            f"{self.ci_high:.4f} {op} max {self.threshold:.4f} (margin {self.margin:+.4f})"
+        )
 
 
 @dataclass
@@ -189,37 +228,47 @@ class GateReport:
             return ""
         if not self.results:
             return "no gate was evaluated"
-        parts = []
-        for r in failed:
-            if r.value is None:
-                parts.append(f"{r.name} could not be scored ({r.detail}; `none_is_fail` is true)")
-            else:
-                parts.append(f"{r.name} = {r.value:.4f} > max {r.threshold:.4f} (margin {r.margin:+.4f})")
+        parts = [
+            f"{escape_markdown(r.name)} could not be scored ({r.detail}; `none_is_fail` is true)"
+            if r.value is None
+            else r.summary()
+            for r in failed
+        ]
         return f"{len(failed)} of {len(self.results)} gates failed: " + "; ".join(parts)
 
     def to_markdown(self) -> str:
-        """Markdown report: verdict line and a table of gate, value, threshold, margin, verdict."""
+        """Markdown report: verdict line, a table of gate, value, threshold, margin, verdict, detail,
+        95 % interval and n, and a note on how the verdict reads the interval. Names are escaped."""
         verdict = "PASSED" if self.passed else "FAILED"
         lines = [
             f"## Release gates: {verdict}",
             "",
-            "| gate | value | threshold | margin | verdict | detail |",
-            "| --- | ---: | ---: | ---: | --- | --- |",
+            "| gate | value | threshold | margin | verdict | detail | 95 % interval | n |",
+            "| --- | ---: | ---: | ---: | --- | --- | --- | ---: |",
         ]
         for r in self.results:
             value = "n/a" if r.value is None else f"{r.value:.4f}"
             margin = "n/a" if r.margin is None else f"{r.margin:+.4f}"
             lines.append(
-                f"| {r.name} | {value} | <= {r.threshold:.4f} | {margin} | "
-                f"{'pass' if r.passed else 'FAIL'} | {r.detail} |"
+                f"| {escape_markdown(r.name)} | {value} | <= {r.threshold:.4f} | {margin} | "
+                f"{'pass' if r.passed else 'FAIL'} | {escape_markdown(r.detail)} | {r.interval_text()} | "
+                f"{'n/a' if r.n is None else r.n} |"
             )
+        lines += ["", INTERVAL_NOTE]
         if not self.passed:
             lines += ["", f"**Failed:** {self.failure_message()}"]
         return "\n".join(lines) + "\n"
 
     def metrics(self) -> dict[str, float]:
-        """Scored gate values by result name (None values left out), for metric loggers."""
-        return {r.name: r.value for r in self.results if r.value is not None}
+        """Gate values by result name, plus `<name>_ci_low`/`<name>_ci_high` where a gate has an
+        interval (None values left out), for metric loggers."""
+        out: dict[str, float] = {}
+        for r in self.results:
+            if r.value is not None:
+                out[r.name] = r.value
+            if r.has_interval:
+                out[f"{r.name}_ci_low"], out[f"{r.name}_ci_high"] = r.ci_low, r.ci_high
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -278,8 +327,10 @@ def evaluate_gates(
         )
     results: list[GateResult] = []
     for gate in loaded:
-        for name, value in gate.scores(before, after).items():
-            results.append(_judge(gate, name, value, thresholds))
+        scores = gate.scores(before, after)
+        intervals = gate.intervals(before, after) if any(v is not None for v in scores.values()) else {}
+        for name, value in scores.items():
+            results.append(_judge(gate, name, value, intervals.get(name), thresholds))
     unused = sorted(set(thresholds.custom) - {r.name for r in results} - {g.name for g in loaded})
     if unused:
         logger.warning(
@@ -290,7 +341,9 @@ def evaluate_gates(
     return GateReport(results, dict(before), dict(after), thresholds.to_dict())
 
 
-def _judge(gate: Gate, name: str, value: float | None, thresholds: GateThresholds) -> GateResult:
+def _judge(
+    gate: Gate, name: str, value: float | None, interval: Interval | None, thresholds: GateThresholds
+) -> GateResult:
     threshold = thresholds.threshold_for(gate, name)
     dotted = f"{type(gate).__module__}.{type(gate).__name__}"
     if value is None or not math.isfinite(value):
@@ -298,7 +351,23 @@ def _judge(gate: Gate, name: str, value: float | None, thresholds: GateThreshold
         detail = "cannot score: metric missing or not finite"
         return GateResult(name, None, threshold, passed, None, detail, dotted)
     value = float(value)
+    # the figure that protects the user: the interval's upper end (every value is smaller-is-better)
+    decided = interval.high if interval is not None else value
     # rates are ratios of small counts (1/20 = 0.05): compare with a tolerance far below one sample
-    passed = value <= threshold + _TOLERANCE
-    detail = "within threshold" if passed else "above threshold"
-    return GateResult(name, value, threshold, passed, threshold - value, detail, dotted)
+    passed = decided <= threshold + _TOLERANCE
+    if interval is not None:
+        detail = f"upper end of the 95 % interval {'within' if passed else 'above'} threshold"
+    else:
+        detail = "within threshold" if passed else "above threshold"
+        if gate.rate:
+            detail += " (point estimate: sample size unknown)"
+    ci = (interval.low, interval.high, interval.n) if interval is not None else (None, None, None)
+    return GateResult(name, value, threshold, passed, threshold - decided, detail, dotted, *ci)
+
+
+INTERVAL_NOTE = (
+    "value: point estimate on this run's prompts. 95 % interval: Wilson score interval of the rate "
+    "(for a rise or drop: the candidate's interval taken against the baseline's figure). A gate "
+    "with an interval passes only when the interval's upper end is at or below the threshold, and "
+    "margin = threshold - upper end; gates without one are decided on the point estimate."
+)

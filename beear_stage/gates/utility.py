@@ -16,6 +16,11 @@ them to its gate list (`flows.release.flow_gates`).
 
 BEEAR's outer level keeps a performance-anchoring term so removal does not cost helpfulness
 (arXiv 2406.17092, Eq. 3); these gates check that it did not.
+
+`NonrefusalDrop` and `OverRefusalRise` are rate gates: given `n:<metric>`, each is decided on the
+upper end of its 95 % interval, the candidate's Wilson interval taken against the baseline's figure
+(`beear_stage.gates.base`, "Intervals"); for the drop that is the lower end of the candidate's
+benign non-refusal rate. `NLLRise` and `BaselineAgreement` are means, not rates: point estimates.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from __future__ import annotations
 import logging
 
 from beear_stage.gates.base import Gate, Metrics
+from beear_stage.gates.intervals import Interval
 
 logger = logging.getLogger(__name__)
 
@@ -39,10 +45,16 @@ class NonrefusalDrop(Gate):
     threshold_field = "nonrefusal_drop_max"
     value_range = (-1.0, 1.0)
 
+    rate = True
+
     def score(self, before: Metrics, after: Metrics) -> float | None:
         b = self.metric(before, "benign_nonrefusal", "before")
         a = self.metric(after, "benign_nonrefusal", "after")
         return None if a is None or b is None else b - a
+
+    def interval(self, before: Metrics, after: Metrics) -> Interval | None:
+        b = self.value(before, "benign_nonrefusal")
+        return None if b is None else self.rate_interval(after, "benign_nonrefusal", "after", lambda a: b - a)
 
 
 class NLLRise(Gate):
@@ -82,10 +94,16 @@ class OverRefusalRise(Gate):
     threshold_field = "over_refusal_rise_max"
     value_range = (-1.0, 1.0)
 
+    rate = True
+
     def score(self, before: Metrics, after: Metrics) -> float | None:
         b = self.metric(before, "over_refusal", "before")
         a = self.metric(after, "over_refusal", "after")
         return None if a is None or b is None else a - b
+
+    def interval(self, before: Metrics, after: Metrics) -> Interval | None:
+        b = self.value(before, "over_refusal")
+        return None if b is None else self.rate_interval(after, "over_refusal", "after", lambda a: a - b)
 
 
 class BaselineAgreement(Gate):
