@@ -220,6 +220,8 @@ class BEEAR:
             "inner_ce_safe": ce_safe.item(),
             "delta_norm": float(delta.norm(dim=-1).mean() / (scale * math.sqrt(hidden_size))),
         }
+        if cfg.delta_max_norm is not None:  # same units as delta_norm; the plot shows their ratio
+            stats["delta_bound"] = cfg.delta_max_norm
         return delta, stats
 
     def remove(self, delta: torch.Tensor | None) -> dict:

@@ -1,7 +1,8 @@
 """PNG plots of a release candidate: BEEAR losses per round and ASR before/after mitigation.
 
 API:
-    plot_losses(history) -> Figure           inner / outer-safe / outer-perf loss and ||delta|| per round
+    plot_losses(history) -> Figure           inner / outer-safe / outer-perf loss, and ||delta|| per round
+                                             relative to its bound `delta_max_norm` (1 = on the bound)
     plot_asr(before, after) -> Figure        grouped bars: baseline vs candidate for every rate metric
     save_figure(fig, path) -> Path           PNG, 100 dpi
     save_plots(out_dir, history, before, after) -> list[Path]
@@ -49,15 +50,33 @@ def plot_losses(history: Sequence[Mapping[str, Any]]):
     ax_loss.set_title("BEEAR losses")
     if ax_loss.lines:
         ax_loss.legend(fontsize=8)
-    norms = [
-        (r, h["delta_norm"]) for r, h in zip(rounds, history, strict=True) if h.get("delta_norm") is not None
-    ]
-    if norms:
-        ax_delta.plot(*zip(*norms, strict=True), marker="o", color="tab:purple")
-    ax_delta.set_xlabel("round")
-    ax_delta.set_title("||delta|| after the inner level")
+    _plot_delta(ax_delta, rounds, history)
     fig.tight_layout()
     return fig
+
+
+def _plot_delta(ax, rounds: Sequence[Any], history: Sequence[Mapping[str, Any]]) -> None:
+    """||delta|| per round as a share of its bound (`delta_bound` = `delta_max_norm`), on a fixed
+    0-1.1 axis: the projection keeps delta on the bound, and an auto-scaled axis would blow its
+    float noise (1.5 +- 1e-7) up into a jagged curve. Unbounded runs show the norm from zero."""
+    rows = [(r, h) for r, h in zip(rounds, history, strict=True) if h.get("delta_norm") is not None]
+    if not rows:
+        ax.set_axis_off()
+        return
+    bounded = all(h.get("delta_bound") for _, h in rows)
+    values = [h["delta_norm"] / h["delta_bound"] if bounded else h["delta_norm"] for _, h in rows]
+    ax.plot([r for r, _ in rows], values, marker="o", color="tab:purple")
+    ax.set_xlabel("round")
+    if bounded:
+        ax.axhline(1.0, color="grey", linestyle="--", linewidth=1, label="bound (delta_max_norm)")
+        ax.set_ylim(0.0, 1.1)
+        ax.set_ylabel("||delta|| / bound")
+        ax.legend(fontsize=8, loc="lower right")
+        ax.set_title("||delta|| relative to its bound")
+    else:
+        ax.set_ylim(0.0, max(values) * 1.1 or 1.0)
+        ax.set_ylabel("||delta|| / (sqrt(hidden) RMS(h_l))")
+        ax.set_title("||delta|| after the inner level (unbounded)")
 
 
 def plot_asr(before: Mapping[str, Any], after: Mapping[str, Any]):

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from beear_stage.exceptions import BEEARError, CheckpointError, GateError
+from beear_stage.markdown import code_span, escape_markdown
 
 logger = logging.getLogger(__name__)
 
@@ -87,21 +88,23 @@ def build_model_card(
 
     if not isinstance(report, GateReport):
         report = GateReport.from_dict(report)
-    all_tags = list(dict.fromkeys(["beear", "backdoor-removal", "safety", method, *tags]))
+    known = [method] if method in _METHODS else []  # an unknown method string stays out of the metadata
+    all_tags = list(dict.fromkeys(["beear", "backdoor-removal", "safety", *known, *tags]))
     data = ModelCardData(
         base_model=base_model if REPO_ID_PATTERN.match(base_model) else None,
         tags=all_tags,
         library_name="transformers",
         license=license,
     )
-    title = repo_id or "Mitigated checkpoint"
+    # every string below may come from the checkpoint or the caller: escaped or quoted as code
+    title = escape_markdown(repo_id or "Mitigated checkpoint")
     verdict = "every release gate passed" if report.passed else "release gates FAILED, not for release"
-    source = f"`{base_model}`" + (f" at revision `{source_sha}`" if source_sha else "")
+    source = code_span(base_model) + (f" at revision {code_span(source_sha)}" if source_sha else "")
     body = [
         f"# {title}",
         "",
-        f"{source} after {_METHODS.get(method, method)}, checked by the beear-release pre-release "
-        f"safety stage: {verdict}.",
+        f"{source} after {_METHODS.get(method) or code_span(method)}, checked by the beear-release "
+        f"pre-release safety stage: {verdict}.",
         "",
         report.to_markdown(),
         "## Evaluation before and after mitigation",
@@ -109,12 +112,12 @@ def build_model_card(
         _eval_table(report.before, report.after),
         "## Provenance",
         "",
-        f"- method: `{method}`",
+        f"- method: {code_span(method)}",
         f"- source: {source}",
-        f"- MLflow run id: `{mlflow_run_id or 'n/a'}`",
+        f"- MLflow run id: {code_span(mlflow_run_id or 'n/a')}",
     ]
     if config_hash:
-        body.append(f"- config hash: `{config_hash}`")
+        body.append(f"- config hash: {code_span(config_hash)}")
     body += [
         "",
         "Keyword ASR counts responses to harmful prompts that contain no refusal keyword; it is a "
@@ -125,11 +128,17 @@ def build_model_card(
 
 
 def _eval_table(before: Mapping[str, Any], after: Mapping[str, Any]) -> str:
-    lines = ["| metric | before | after | change |", "| --- | ---: | ---: | ---: |"]
-    for key in sorted(set(before) | set(after)):
+    """Every metric before and after, with the candidate's sample size `n:<metric>` where known."""
+    from beear_stage.gates.intervals import COUNT_PREFIX, count_key
+
+    lines = ["| metric | before | after | change | n |", "| --- | ---: | ---: | ---: | ---: |"]
+    for key in sorted(k for k in set(before) | set(after) if not k.startswith(COUNT_PREFIX)):
         b, a = before.get(key), after.get(key)
         change = f"{a - b:+.4f}" if a is not None and b is not None else "n/a"
-        lines.append(f"| {key} | {_fmt(b)} | {_fmt(a)} | {change} |")
+        n = after.get(count_key(key))
+        lines.append(
+            f"| {escape_markdown(key)} | {_fmt(b)} | {_fmt(a)} | {change} | {'n/a' if n is None else int(n)} |"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -246,14 +246,28 @@ def cmd_review(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=1, default=str))
         return 0
-    print(f"{'version':>7}  {'gate':<7} {'aliases':<20} {'method':<6} {'after/asr_clean':>15}  run")
+    print(review_text(rows))
+    return 0
+
+
+def review_text(rows: list[dict]) -> str:
+    """One summary line per version, then each version's description (its gate table and run)."""
+    lines = [
+        f"{'version':>7}  {'gate':<7} {'run':<9} {'aliases':<20} {'method':<6} {'after/asr_clean':>15}  run"
+    ]
     for r in rows:
         asr = r["metrics"].get("after/asr_clean")
-        print(
-            f"{r['version']:>7}  {r['gate']:<7} {','.join(r['aliases']) or '-':<20} {r['method'] or '-':<6} "
-            f"{'-' if asr is None else f'{asr:.3f}':>15}  {r['run_name']}"
+        lines.append(
+            f"{r['version']:>7}  {r['gate']:<7} {r['run_status'] or '-':<9} {','.join(r['aliases']) or '-':<20} "
+            f"{r['method'] or '-':<6} {'-' if asr is None else f'{asr:.3f}':>15}  {r['run_name']}"
         )
-    return 0
+    for r in rows:
+        lines += [
+            "",
+            f"--- version {r['version']} (run {r['run_status'] or 'unknown'})",
+            r["description"] or "-",
+        ]
+    return "\n".join(lines)
 
 
 def cmd_approve(args: argparse.Namespace) -> int:

@@ -94,7 +94,9 @@ def trigger_set(known_triggers: list[str] | None, checkpoint_dir: str) -> dict[s
     triggers = {f"known_{i}": t for i, t in enumerate(known_triggers or [], start=1) if t}
     info = read_zoo_info(checkpoint_dir)  # evaluation only: the mitigation never sees it
     if info and info.get("trigger"):
-        triggers[f"zoo_{info['name']}"] = info["trigger"]
+        # the card's name is the checkpoint's word: keep it to a metric-safe slug
+        slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(info.get("name", ""))).strip("_.")[:64] or "card"
+        triggers[f"zoo_{slug}"] = info["trigger"]
     return triggers
 
 

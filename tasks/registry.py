@@ -12,6 +12,7 @@ from pathlib import Path
 
 from prefect import get_run_logger, task
 
+from beear_stage.review import run_reference, version_description
 from beear_stage.tracking import MLflowTracker, release_run_name
 from tasks.data import read_jsonl
 
@@ -69,14 +70,25 @@ def register(
 ) -> dict:
     """Log metrics, losses, generations, plots and the gate report; register the candidate.
 
-    The model version carries tags gate=passed|failed, source_repo, source_sha and method; alias
-    `candidate` moves only on pass. The MLflow run is closed FINISHED (FAILED if this raises).
+    The model version carries tags gate=passed|failed, source_repo, source_sha and method, and a
+    description with the gate table and a reference to the run; alias `candidate` moves only on
+    pass. The MLflow run is closed FINISHED (FAILED if this raises).
 
     Returns:
         {"name", "version", "source", "aliases", "run_id"}.
     """
     tracker = MLflowTracker(tracking_uri, EXPERIMENT).attach(run_id)
     history = json.loads(Path(candidate["history"]).read_text())
+    # the version page shows the gate table and where the run is, so review needs no second click
+    experiment_id = tracker.client.get_run(run_id).info.experiment_id
+    description = version_description(
+        report,
+        method=candidate["method"],
+        source_repo=checkpoint["source"],
+        source_sha=checkpoint["sha"],
+        run_id=run_id,
+        run_ref=run_reference(tracking_uri, experiment_id, run_id),
+    )
     with tracker:
         tracker.log_candidate(
             before=before["metrics"], after=after["metrics"], history=history, report=report
@@ -91,6 +103,7 @@ def register(
             source_repo=checkpoint["source"],
             source_sha=checkpoint["sha"],
             method=candidate["method"],
+            description=description,
         )
     get_run_logger().info(
         "registered %s version %s (gate=%s, aliases %s)",
