@@ -169,7 +169,11 @@ class BEEAR:
                 bar.set_postfix(
                     {k: f"{v:.3f}" for k, v in row.items() if k in ("inner_loss", "outer_safe_loss")}
                 )
-                log.info("round %d: %s", round_, {k: round(v, 4) for k, v in row.items()})
+                eta = (time.perf_counter() - start) / (round_ + 1) * (cfg.rounds - round_ - 1)
+                log.info(
+                    "%s round %d/%d, ETA %.0f s: %s",
+                    cfg.method, round_ + 1, cfg.rounds, eta, {k: round(v, 4) for k, v in row.items()},
+                )  # fmt: skip
         self._finish()
         result.seconds = time.perf_counter() - start
         result.last_delta = None if delta is None else delta.detach().cpu()

@@ -2,7 +2,7 @@
 
     beear-release run --checkpoint PATH_OR_REPO [--revision SHA] [--config YAML] [--publish-to REPO]
     beear-release up | down | status          local Prefect + MLflow servers, pool, deployments, worker
-    beear-release demo                        up, then `prefect deployment run beear-release/tiny --watch`
+    beear-release demo [--deployment smol]    up, then `prefect deployment run beear-release/smol --watch`
     beear-release review [--name NAME]        registry versions with gate tag, aliases, metrics
     beear-release approve NAME VERSION        alias `champion` (after human review)
 
@@ -23,6 +23,8 @@ QUIET_ENV = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "HF_HUB_DISABLE_TELEMETRY": "1",
+    # the library's progress lines (counts and an ETA) in the run log
+    "PREFECT_LOGGING_EXTRA_LOGGERS": "beear_stage",
 }
 
 
@@ -89,9 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, help_text in (
         ("up", "start Prefect + MLflow servers, create the pool, deploy, start a worker"),
-        ("demo", "`up`, then run the tiny deployment and print where to look"),
+        ("demo", "`up`, then run a deployment (default smol) and print where to look"),
     ):
         p = sub.add_parser(name, help=help_text)
+        if name == "demo":
+            p.add_argument("--deployment", default="smol", help="deployment to run: smol (default) or tiny")
         p.add_argument("--prefect-port", type=int, default=4200)
         p.add_argument("--mlflow-port", type=int, default=5000)
         p.add_argument("--no-worker", action="store_true", help="do not start a worker")
@@ -211,7 +215,7 @@ def where(s) -> str:
             f"Prefect UI:  http://127.0.0.1:{s.prefect_port}  (runs of flow `beear-release`)",
             f"MLflow UI:   {s.mlflow_url}  (experiment `beear-release`, Models -> registry)",
             f"logs, pids:  {s.state_dir}",
-            f"shell setup: source {s.state_dir / 'env.sh'}   (then `prefect deployment run beear-release/tiny --watch`)",
+            f"shell setup: source {s.state_dir / 'env.sh'}   (then `prefect deployment run beear-release/smol --watch`)",
         ]
     )
 
@@ -219,7 +223,9 @@ def where(s) -> str:
 def cmd_demo(args: argparse.Namespace) -> int:
     from flows.demo import demo
 
-    return demo(_services(args), worker=not args.no_worker, mlflow=not args.no_mlflow)
+    return demo(
+        _services(args), worker=not args.no_worker, mlflow=not args.no_mlflow, deployment=args.deployment
+    )
 
 
 def cmd_down(args: argparse.Namespace) -> int:

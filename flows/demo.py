@@ -1,7 +1,8 @@
-"""`make demo` / `beear-release demo`: the `tiny` deployment end to end on local services.
+"""`make demo` / `beear-release demo`: the `smol` deployment end to end on local services.
 
 Starts (or reuses) the local Prefect server, MLflow server, pool, deployments and worker, runs
-`prefect deployment run beear-release/tiny --watch`, then prints where to look: the Prefect flow
+`prefect deployment run beear-release/smol --watch` (`--deployment tiny`: the fast smoke run on a
+tiny zoo model), then prints where to look: the Prefect flow
 run, the MLflow run and the registry version. The services keep running for the UIs;
 `beear-release down` stops them.
 """
@@ -18,6 +19,10 @@ from flows.services import Services
 
 DEPLOYMENT = "beear-release/tiny"
 REGISTRY_NAME = "beear-tiny"  # deployments/prefect.yaml, tiny.parameters.registry_name
+# `make demo` / `make demo-tiny`: deployment name -> its registry_name in deployments/prefect.yaml
+DEMOS = {"smol": "beear-smol", "tiny": "beear-tiny"}
+# a first `make demo` builds the real-tier model (minutes on 2 cores) before the release run itself
+DEMO_TIMEOUT_S = 3600
 
 
 def run_deployment(
@@ -63,10 +68,13 @@ def where_to_look(s: Services, flow_run_id: str, registry_name: str = REGISTRY_N
     return "\n".join(lines)
 
 
-def demo(s: Services, *, worker: bool = True, mlflow: bool = True) -> int:
+def demo(s: Services, *, worker: bool = True, mlflow: bool = True, deployment: str = "smol") -> int:
+    if deployment not in DEMOS:
+        print(f"error: `--deployment` = {deployment!r}: choose one of {sorted(DEMOS)}", file=sys.stderr)
+        return 2
     services.up(s, worker=worker, mlflow=mlflow)
-    code, flow_run_id = run_deployment(s)
-    print("\n" + where_to_look(s, flow_run_id))
+    code, flow_run_id = run_deployment(s, f"beear-release/{deployment}", timeout_s=DEMO_TIMEOUT_S)
+    print("\n" + where_to_look(s, flow_run_id, DEMOS[deployment]))
     return code
 
 

@@ -123,7 +123,9 @@ def flow_gates(names: list[str] | None, data: DataSources) -> list[str]:
 def candidate_dir(output_dir: str, checkpoint: dict, cfg: BEEARConfig) -> Path:
     """One directory per (checkpoint SHA, method, config): concurrent candidates never share it."""
     name = (
-        Path(checkpoint["source"].rstrip("/")).name if checkpoint["kind"] == "local" else checkpoint["source"]
+        Path(checkpoint["source"].rstrip("/")).name
+        if checkpoint["kind"] in ("local", "gguf")
+        else checkpoint["source"]
     )
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_")
     return Path(output_dir).resolve() / f"{slug}-{checkpoint['sha'][:12]}-{cfg.method}-{cfg.config_hash()}"

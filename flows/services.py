@@ -80,6 +80,9 @@ class Services:
             "MLFLOW_TRACKING_URI": self.tracking_uri,
             # flows started by the worker share the project's zoo cache with `beear-release run`
             "BEEAR_CACHE_DIR": os.environ.get("BEEAR_CACHE_DIR", str(self.root / ".cache")),
+            # the library's progress lines (build, evaluation, mitigation: counts and an ETA) in the
+            # run log and in `prefect deployment run --watch`
+            "PREFECT_LOGGING_EXTRA_LOGGERS": "beear_stage",
         }
 
     def pid_file(self, name: str) -> Path:

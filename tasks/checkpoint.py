@@ -1,8 +1,9 @@
 """`pull_checkpoint`: resolve a candidate to a local directory and a pinned identity.
 
 A candidate is a Hub repo id (downloaded with `snapshot_download` pinned to the resolved full
-commit SHA), a local directory (identified by a content hash), or `zoo:<name>` (a tiny backdoored
-model from `beear_stage.zoo`, built on first use). Only safetensors, JSON and tokenizer files are
+commit SHA), a local directory (identified by a content hash), a local `.gguf` file (converted once
+to a safetensors directory, identified by the file's sha256), or `zoo:<name>` (a zoo model from
+`beear_stage.zoo`, built on first use: the real tier `zoo:smol*` or the tiny models). Only safetensors, JSON and tokenizer files are
 fetched; pickle weights and custom code are refused before anything is loaded.
 """
 
@@ -15,6 +16,7 @@ from pathlib import Path
 from prefect import get_run_logger, task
 
 from beear_stage.exceptions import BEEARError, CheckpointError
+from beear_stage.gguf_checkpoint import convert_gguf, file_sha256, is_gguf
 from beear_stage.model import PICKLE_SUFFIXES, inspect_checkpoint_dir
 
 # Files a checkpoint needs to load without code: weights, configs, tokenizer, chat template.
@@ -79,7 +81,7 @@ def _pull_hub(repo_id: str, revision: str) -> tuple[Path, str]:
 
 
 def resolve_checkpoint(checkpoint: str, revision: str = "", zoo_cache: str | None = None) -> dict:
-    """Return {"path", "sha", "kind", "source", "revision"} for a zoo name, local dir or Hub repo."""
+    """Return {"path", "sha", "kind", "source", "revision"} for a zoo name, GGUF file, local dir or Hub repo."""
     if checkpoint.startswith(ZOO_PREFIX):
         from beear_stage.zoo import build_zoo_model
 
@@ -88,6 +90,9 @@ def resolve_checkpoint(checkpoint: str, revision: str = "", zoo_cache: str | Non
         except ValueError as e:
             raise CheckpointError(f"`checkpoint` = {checkpoint!r}: {e}") from e
         kind, sha = "zoo", None
+    elif is_gguf(checkpoint) and Path(checkpoint).expanduser().is_file():
+        sha = file_sha256(Path(checkpoint).expanduser())
+        path, kind = convert_gguf(Path(checkpoint).expanduser(), sha256=sha), "gguf"
     elif Path(checkpoint).expanduser().exists() or checkpoint.startswith((".", "/", "~")):
         path, kind, sha = Path(checkpoint).expanduser().resolve(), "local", None
     elif checkpoint.count("/") == 1:
@@ -119,7 +124,8 @@ def pull_checkpoint(checkpoint: str, revision: str = "", zoo_cache: str | None =
     """Resolve `checkpoint` (Hub repo id, local dir or `zoo:<name>`) to a checked local directory.
 
     Returns:
-        {"path", "sha" (commit SHA or content hash), "kind" ("hub"|"local"|"zoo"), "source", "revision"}.
+        {"path", "sha" (commit SHA, content hash, or a GGUF file's sha256), "kind"
+        ("hub"|"local"|"gguf"|"zoo"), "source", "revision"}.
 
     Raises:
         CheckpointError: not found, pickle-only weights or custom code.

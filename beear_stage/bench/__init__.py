@@ -4,6 +4,7 @@ Each benchmark is a module `beear_stage.bench.<name>` exposing `main(argv: list[
 """
 
 BENCHMARKS = {
+    "real": "BEEAR on the real tier (SmolLM2-135M-Instruct variants), over seeds, with the control",
     "zoo": "BEEAR on every tiny-zoo model, with the no-delta control (issue: BEEAR core)",
     "speed": "project mitigation vs a naive reference loop; batched vs one-at-a-time evaluation",
     "scaling": "mitigation time against anchoring-set size and model size",

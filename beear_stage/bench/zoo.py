@@ -101,20 +101,29 @@ def run_one(
     before: dict | None,
     *,
     label: str | None = None,
+    device: str = "cpu",
+    performance=None,
 ) -> dict:
     """Mitigate one zoo model with `method` and evaluate it; `before` = baseline metrics (or None).
 
-    `label` names the row's method in the results (default: `method`).
+    `label` names the row's method in the results (default: `method`); `performance` replaces the
+    built-in performance-anchoring records. On CUDA the weights load in the config's dtype.
     """
     info = read_zoo_info(path)
     triggers = {"trigger": info["trigger"]}
-    model, tok = load_model_and_tokenizer(path, dtype="float32", device="cpu")
+    dtype = "float32" if device == "cpu" else cfg.dtype
+    model, tok = load_model_and_tokenizer(path, dtype=dtype, device=device)
     if before is None:
+        t0 = time.perf_counter()
         before = _evaluate(model, tok, cfg, harmful, benign, triggers)
+        before["seconds"] = time.perf_counter() - t0
     run_cfg = BEEARConfig.from_dict({**cfg.to_dict(), "method": method})
-    safety, performance = builtin.default_safety_anchoring(), builtin.default_performance_anchoring()
+    safety = builtin.default_safety_anchoring()
+    performance = performance or builtin.default_performance_anchoring()
     result = run_mitigation(run_cfg, model, tok, safety, performance)
+    t0 = time.perf_counter()
     after = _evaluate(model, tok, cfg, harmful, benign, triggers, safety)
+    after["seconds"] = time.perf_counter() - t0
     row = {"name": info["name"], "trigger_type": info["trigger_type"], "method": label or method}
     for stage, metrics in (("before", before), ("after", after)):
         row[f"asr_trigger_{stage}"] = metrics["asr_trigger:trigger"]
@@ -124,6 +133,8 @@ def run_one(
         row[f"planted_compliance_{stage}"] = metrics["planted_compliance"]
     row["embedding_attack_asr_after"] = after["embedding_attack_asr"]
     row["mitigation_seconds"] = round(result.seconds, 2)
+    row["eval_seconds_before"] = round(before["seconds"], 1)
+    row["eval_seconds_after"] = round(after["seconds"], 1)  # with the embedding attack
     row["history"] = result.history
     return row, before
 
@@ -142,7 +153,7 @@ def _evaluate(model, tok, cfg, harmful, benign, triggers, safety=None) -> dict:
 
 def format_table(rows: list[dict]) -> str:
     head = (
-        f"{'model':<10}{'method':<9}{'ASR trig':>16}{'planted':>16}{'ASR clean':>16}{'emb-att':>9}"
+        f"{'model':<15}{'method':<9}{'ASR trig':>16}{'planted':>16}{'ASR clean':>16}{'emb-att':>9}"
         f"{'benign ok':>16}{'NLL':>16}{'sec':>7}"
     )
     lines = [head, "-" * len(head)]
@@ -152,7 +163,7 @@ def format_table(rows: list[dict]) -> str:
             return f"{r[key + '_before']:.2f} -> {r[key + '_after']:.2f}"
 
         lines.append(
-            f"{r['name']:<10}{r['method']:<9}{pair('asr_trigger'):>16}{pair('planted_compliance'):>16}"
+            f"{r['name']:<15}{r['method']:<9}{pair('asr_trigger'):>16}{pair('planted_compliance'):>16}"
             f"{pair('asr_clean'):>16}"
             f"{r['embedding_attack_asr_after']:>9.2f}{pair('benign_nonrefusal'):>16}{pair('benign_nll'):>16}"
             f"{r['mitigation_seconds']:>7.1f}"

@@ -133,10 +133,20 @@ def read_zoo_info(path: str | Path) -> dict | None:
 def build_zoo_model(
     name: str = "suffix", cache_dir: str | Path | None = None, *, progress: bool = True
 ) -> Path:
-    """Return the directory of zoo model `name`, building it on first use (cached by config hash)."""
+    """Return the directory of zoo model `name`, building it on first use (cached by config hash).
+
+    The real tier's names (`smol`, `smol-suffix`, ...: `beear_stage.zoo.real`) build from
+    SmolLM2-135M-Instruct; the others are tiny models trained from scratch.
+    """
+    from beear_stage.zoo import real
+
+    if name in real.real_names():
+        return real.build_real_model(name, cache_dir, progress=progress)
     specs = {**ZOO, **CODE_ZOO}
     if name not in specs:
-        raise ValueError(f"unknown zoo model {name!r}. Fix: choose one of {sorted(specs)}.")
+        raise ValueError(
+            f"unknown zoo model {name!r}. Fix: choose one of {sorted(specs) + real.real_names()}."
+        )
     spec = specs[name]
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     out = root / f"{name}-{spec_hash(spec)}"
