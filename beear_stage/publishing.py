@@ -37,11 +37,11 @@ from pathlib import Path
 from typing import Any
 
 from beear_stage.exceptions import BEEARError, CheckpointError, GateError
+from beear_stage.intake import PICKLE_SUFFIXES
 from beear_stage.markdown import code_span, escape_markdown
 
 logger = logging.getLogger(__name__)
 
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 REPO_ID_PATTERN = re.compile(r"^[\w.-]+/[\w.-]+$")  # Hub `namespace/name`
 _METHODS = {
     "beear": "BEEAR (Backdoor Embedding Entrapment and Adversarial Removal, arXiv 2406.17092)",
@@ -245,7 +245,7 @@ def _with_retries(fn, repo_id: str, token: str | None, max_attempts: int, backof
             return fn(), attempt
         except Exception as e:  # classified below: only transient errors are retried
             why = _scrub(" ".join(f"{type(e).__name__}: {e}".split()), token)
-            if not _is_transient(e):
+            if not is_transient(e):
                 raise PublishError(f"publishing `{repo_id}` was refused: {why}") from None
             if attempt == max_attempts:
                 raise PublishError(
@@ -261,27 +261,27 @@ def _with_retries(fn, repo_id: str, token: str | None, max_attempts: int, backof
 
 
 def _checkpoint_files(path: Path) -> list[Path]:
+    """The files of the upload: `beear_stage.intake.release_files` (the allow-list), after
+    refusing a missing, empty or incomplete directory, a symlink inside it, and pickle files."""
+    from beear_stage.checkpointing import check_complete
+    from beear_stage.intake import check_tree, release_files
+
     if not path.is_dir():
         raise CheckpointError(
             f"`checkpoint_dir` = {str(path)!r} is not a directory. Fix: pass the saved checkpoint."
         )
-    files = sorted(
-        p
-        for p in path.rglob("*")
-        if p.is_file() and not any(s.startswith(".") for s in p.parts[len(path.parts) :])
-    )
-    if not files:
+    check_tree(path)
+    everything = [p for p in path.rglob("*") if p.is_file()]
+    if not everything:
         raise CheckpointError(f"`checkpoint_dir` = {str(path)!r} is empty; nothing to publish.")
-    from beear_stage.checkpointing import check_complete
-
     check_complete(path)
-    pickles = [p.name for p in files if p.suffix in PICKLE_SUFFIXES]
+    pickles = sorted(p.name for p in everything if p.suffix in PICKLE_SUFFIXES)
     if pickles:
         raise CheckpointError(
             f"`checkpoint_dir` = {str(path)!r} holds pickle files {pickles}; publishing them is refused. "
             "Fix: save the checkpoint as safetensors only."
         )
-    return files
+    return release_files(path)
 
 
 @contextlib.contextmanager
@@ -364,9 +364,9 @@ def _timeout(seconds: float | None) -> Iterator[None]:
             client.timeout = httpx2.Timeout(min(_TIMEOUTS)) if _TIMEOUTS else _SAVED_TIMEOUT[0]
 
 
-def _is_transient(error: BaseException) -> bool:
+def is_transient(error: BaseException) -> bool:
     """429/5xx answers and transport errors (timeouts, refused or dropped connections), anywhere
-    in the cause chain (LFS uploads wrap them in RuntimeError)."""
+    in the cause chain (LFS uploads wrap them in RuntimeError); never a `BEEARError` (a refusal)."""
     import httpx2
     from huggingface_hub.errors import HfHubHTTPError
 
@@ -374,6 +374,10 @@ def _is_transient(error: BaseException) -> bool:
     current: BaseException | None = error
     while current is not None and id(current) not in seen:
         seen.add(id(current))
+        if isinstance(current, BEEARError):
+            return False
+        if isinstance(current, ConnectionError | TimeoutError):  # builtin socket-level failures
+            return True
         if isinstance(current, HfHubHTTPError):
             status = getattr(current.response, "status_code", None)
             return status is not None and (status == 429 or status >= 500)

@@ -430,17 +430,21 @@ class MLflowTracker:
         method: str,
         description: str | None = None,
     ) -> dict[str, Any]:
-        """Log `checkpoint_dir` under `checkpoint/` and register it as a new model version.
+        """Log `checkpoint_dir`'s release files under `checkpoint/` and register them as a new version.
+
+        Only `beear_stage.intake.release_files` are logged: the allow-listed regular files
+        (weights, configs, tokenizer, chat template, card, provenance), never a pickle or a link.
 
         Tags: gate=passed|failed, source_repo, source_sha, method. The `candidate` alias moves to
         the new version only when `gate_passed`.
 
         Raises:
-            CheckpointError: the directory is missing or empty.
+            CheckpointError: the directory is missing, empty or incomplete, or holds a symlink.
         """
         from mlflow.exceptions import MlflowException
 
         from beear_stage.checkpointing import check_complete
+        from beear_stage.intake import release_files
 
         path = Path(checkpoint_dir)
         if not path.is_dir() or not any(path.iterdir()):
@@ -450,7 +454,10 @@ class MLflowTracker:
             )
         check_complete(path)
         run_id = self._run()
-        self.client.log_artifacts(run_id, str(path), "checkpoint")
+        # only the allow-listed regular files: no symlink target, pickle or stray file is registered
+        for file in release_files(path):
+            rel = file.relative_to(path).parent.as_posix()
+            self.client.log_artifact(run_id, str(file), "checkpoint" if rel == "." else f"checkpoint/{rel}")
         try:
             self.client.create_registered_model(model_name)
         except MlflowException as e:

@@ -10,18 +10,19 @@ fetched; pickle weights and custom code are refused before anything is loaded.
 from __future__ import annotations
 
 import hashlib
-import json
+import re
 from pathlib import Path
 
 from prefect import get_run_logger, task
 
-from beear_stage.exceptions import BEEARError, CheckpointError
+from beear_stage.exceptions import CheckpointError
 from beear_stage.gguf_checkpoint import convert_gguf, file_sha256, is_gguf
-from beear_stage.model import PICKLE_SUFFIXES, inspect_checkpoint_dir
+from beear_stage.intake import PICKLE_SUFFIXES, inspect_checkpoint_dir
 
 # Files a checkpoint needs to load without code: weights, configs, tokenizer, chat template.
 ALLOW_PATTERNS = ["*.safetensors", "*.json", "tokenizer.model", "*.txt", "*.jinja"]
 ZOO_PREFIX = "zoo:"
+REVISION_PATTERN = re.compile(r"^\w[\w./-]{0,255}$")  # branch, tag or commit; no spaces or shell characters
 
 
 def content_sha(path: Path) -> str:
@@ -36,13 +37,34 @@ def content_sha(path: Path) -> str:
 
 
 def check_checkpoint(path: Path) -> None:
-    """Refuse checkpoints that would need code execution (`auto_map`, pickle-only weights)."""
-    inspect_checkpoint_dir(path)  # config.json auto_map, pickle-only weights
-    tok_config = path / "tokenizer_config.json"
-    if tok_config.is_file() and "auto_map" in json.loads(tok_config.read_text()):
+    """Refuse checkpoints that are unsafe to read (`beear_stage.intake.inspect_checkpoint_dir`):
+    symlinks or special files, JSON that does not parse, custom code, pickle-only weights."""
+    inspect_checkpoint_dir(path)
+
+
+def check_hub_id(repo_id: str, revision: str) -> None:
+    """Refuse a malformed repo id or revision before any network call (never retried).
+
+    Raises:
+        CheckpointError: naming the value and the fix.
+    """
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+        if any(part in (".", "..") for part in repo_id.split("/")):
+            raise HFValidationError("a name part cannot be '.' or '..'")
+    except HFValidationError as e:
         raise CheckpointError(
-            f"checkpoint `{path}` declares a custom tokenizer class (`auto_map` in tokenizer_config.json); "
-            "the release stage never executes checkpoint code. Fix: save the tokenizer with a built-in class."
+            f"`checkpoint` = {repo_id!r} is not a valid Hub repo id ({' '.join(str(e).split())[:200]}). "
+            "Fix: pass `owner/name` with letters, digits, '-', '_' and '.' only, a local directory, "
+            "or `zoo:<name>`."
+        ) from e
+    if revision and (not REVISION_PATTERN.match(revision) or ".." in revision):
+        raise CheckpointError(
+            f"`revision` = {revision!r} is not a branch, tag or commit name. Fix: pass e.g. `main`, "
+            "`v1.0` or a 40-character commit SHA."
         )
 
 
@@ -96,6 +118,7 @@ def resolve_checkpoint(checkpoint: str, revision: str = "", zoo_cache: str | Non
     elif Path(checkpoint).expanduser().exists() or checkpoint.startswith((".", "/", "~")):
         path, kind, sha = Path(checkpoint).expanduser().resolve(), "local", None
     elif checkpoint.count("/") == 1:
+        check_hub_id(checkpoint, revision)
         path, sha = _pull_hub(checkpoint, revision)
         kind = "hub"
     else:
@@ -109,13 +132,14 @@ def resolve_checkpoint(checkpoint: str, revision: str = "", zoo_cache: str | Non
 
 
 def _retry_transient(task, task_run, state) -> bool:
-    """Retry network failures, never a refusal (a bad checkpoint stays bad)."""
+    """Retry network failures only (429/5xx answers, timeouts, refused or dropped connections);
+    a refusal, a malformed file or a programming error would fail the same way again."""
+    from beear_stage.publishing import is_transient
+
     try:
         state.result()
-    except BEEARError:
-        return False
-    except Exception:
-        return True
+    except Exception as e:
+        return is_transient(e)
     return False
 
 
