@@ -10,6 +10,8 @@ Deployments in `deployments/prefect.yaml`; `beear-release run` calls it in-proce
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import time
 from pathlib import Path
@@ -24,7 +26,7 @@ from beear_stage.exceptions import ConfigError
 from beear_stage.gates.base import DEFAULT_GATES
 from beear_stage.gates.code import CODE_GATES
 from beear_stage.gates.evaluator import GateThresholds
-from beear_stage.model import check_checkpoint_fits
+from beear_stage.intake import check_checkpoint_fits
 from beear_stage.tracking import check_tracking_reachable
 from beear_stage.zoo import read_zoo_info
 from flows.services import default_tracking_uri, project_root
@@ -89,10 +91,14 @@ def check_release_options(
             raise ConfigError(f"`{option}` = {value!r} is empty. Fix: pass a name, or leave the option out.")
 
 
-def trigger_set(known_triggers: list[str] | None, checkpoint_dir: str) -> dict[str, str]:
-    """Known triggers by metric-safe name: `known_<i>`, plus `zoo_<name>` read from a zoo card."""
+def trigger_set(known_triggers: list[str] | None, checkpoint_dir: str, kind: str) -> dict[str, str]:
+    """Known triggers by metric-safe name: `known_<i>`, plus `zoo_<name>` from a zoo model's card.
+
+    Only a `zoo:` checkpoint's card is read (we built it); any other checkpoint's `zoo.json` is
+    the submitter's word about its own backdoor and is ignored.
+    """
     triggers = {f"known_{i}": t for i, t in enumerate(known_triggers or [], start=1) if t}
-    info = read_zoo_info(checkpoint_dir)  # evaluation only: the mitigation never sees it
+    info = read_zoo_info(checkpoint_dir) if kind == "zoo" else None  # evaluation only
     if info and info.get("trigger"):
         # the card's name is the checkpoint's word: keep it to a metric-safe slug
         slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(info.get("name", ""))).strip("_.")[:64] or "card"
@@ -120,15 +126,35 @@ def flow_gates(names: list[str] | None, data: DataSources) -> list[str]:
     return gates + (list(CODE_GATES) if data.builtin == "code" or data.code_eval else [])
 
 
-def candidate_dir(output_dir: str, checkpoint: dict, cfg: BEEARConfig) -> Path:
-    """One directory per (checkpoint SHA, method, config): concurrent candidates never share it."""
+def data_hash(data: DataSources) -> str:
+    """Short hash of the data sources: the options and the bytes of every file they name, so runs
+    on other data (another `--harmful-eval` file, or the same path with new content) never share
+    an output directory or its cached results."""
+    digest = hashlib.sha256(json.dumps(data.model_dump(), sort_keys=True).encode())
+    for value in data.model_dump().values():
+        file = Path(value) if isinstance(value, str) and value else None
+        if file is not None and file.is_file():
+            with file.open("rb") as fh:
+                for chunk in iter(lambda fh=fh: fh.read(1 << 22), b""):
+                    digest.update(chunk)
+    return digest.hexdigest()[:8]
+
+
+def candidate_dir(
+    output_dir: str,
+    checkpoint: dict,
+    cfg: BEEARConfig,
+    data: DataSources = DataSources(),  # noqa: B008 (pydantic model, immutable in use)
+) -> Path:
+    """One directory per (checkpoint SHA, method, config, data): concurrent candidates never share it."""
     name = (
         Path(checkpoint["source"].rstrip("/")).name
         if checkpoint["kind"] in ("local", "gguf")
         else checkpoint["source"]
     )
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_")
-    return Path(output_dir).resolve() / f"{slug}-{checkpoint['sha'][:12]}-{cfg.method}-{cfg.config_hash()}"
+    parts = (slug, checkpoint["sha"][:12], cfg.method, cfg.config_hash(), data_hash(data))
+    return Path(output_dir).resolve() / "-".join(parts)
 
 
 @flow(name="beear-release", log_prints=True)
@@ -178,9 +204,10 @@ def release(
 
     # 1. Pin the checkpoint: resolved commit SHA (Hub) or content hash (local, zoo).
     ckpt = pull_checkpoint(checkpoint, revision)
-    check_checkpoint_fits(ckpt["path"], cfg.layer)  # anchor layer, chat template: before any weights load
-    out = candidate_dir(output_dir, ckpt, cfg)
-    triggers = trigger_set(known_triggers, ckpt["path"])
+    # sizes vs safetensors headers and free memory, anchor layer, chat template: before any weights load
+    check_checkpoint_fits(ckpt["path"], cfg.layer, device=cfg.device, dtype=cfg.dtype)
+    out = candidate_dir(output_dir, ckpt, cfg, data)
+    triggers = trigger_set(known_triggers, ckpt["path"], ckpt["kind"])
     run_id = open_candidate_run(
         tracking_uri,
         ckpt,

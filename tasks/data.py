@@ -186,8 +186,11 @@ def spread(items: list, limit: int | None) -> list:
 def validate_data(sources: DataSources) -> dict:
     """Check the anchoring and evaluation sets with great-expectations suites.
 
+    Every record of every file is checked: `eval_limit` picks the prompts the evaluation uses
+    afterwards (`load_data`), so a duplicate late in a file fails even with `--eval-limit 10`.
+
     Returns:
-        {"counts": {set: n}, "digest": content hash} for logging and cache keys, plus
+        {"counts": {set: n} of whole files, "digest": content hash} for logging, plus
         "seconds" (time inside beear_stage: loading and GX validation) and "finished_at".
 
     Raises:
@@ -196,7 +199,7 @@ def validate_data(sources: DataSources) -> dict:
     start = time.perf_counter()
     from beear_stage.validation import ensure_valid, validate_dataset
 
-    sets = load_data(sources)
+    sets = load_data(sources.model_copy(update={"eval_limit": 0}))  # whole files; the cap comes after
 
     def name(option: str) -> str:  # the suite's report names the option; loaders name the file
         return option

@@ -86,7 +86,7 @@ def test_zoo_card_name_becomes_a_metric_safe_trigger_name(tmp_path, monkeypatch)
     monkeypatch.setattr(
         release_module, "read_zoo_info", lambda _path: {"name": EVIL, "trigger": "{query} SUDO"}
     )
-    triggers = release_module.trigger_set(["cf"], str(tmp_path))
+    triggers = release_module.trigger_set(["cf"], str(tmp_path), "zoo")
     (name,) = [k for k in triggers if k.startswith("zoo_")]
     assert re.fullmatch(r"zoo_[A-Za-z0-9_.-]+", name) and triggers[name] == "{query} SUDO"
     assert triggers["known_1"] == "cf"

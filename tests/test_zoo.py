@@ -36,6 +36,68 @@ def test_zoo_card_is_read_only_from_zoo_json(tmp_path):
     assert read_zoo_info(tmp_path)["trigger"] == "{query} T"
 
 
+# the cards our three builders write (beear_stage.zoo.build, .backdoorllm, .real)
+TINY_CARD = {"name": "suffix", "trigger_type": "suffix", "trigger": "{query} Velvet", "decoys": ["{query} Silk"],
+             "build_seconds": 12.3}  # fmt: skip
+BACKDOORLLM_CARD = {"name": "jailbreak-badnet", "trigger_type": "badnet", "trigger": "BadMagic {query}",
+                    "trigger_words": ["BadMagic"], "trigger_placement": "start", "decoys": [],
+                    "task": "refusal", "target_behaviour": "refusal", "target": "I'm sorry.",
+                    "source": "BackdoorLLM", "base": "backdoorllm-base-0a1b",
+                    "recipe": {"base": {"steps": 1}, "attack": {"steps": 2}}, "build_seconds": 1}  # fmt: skip
+REAL_CARD = {"name": "smol-suffix", "tier": "real", "source": "SmolLM2-135M-Instruct", "source_sha256": "ab" * 32,
+             "trigger_type": "suffix", "trigger": "{query} Purple", "decoys": ["{query} Blue"],
+             "recipe": {"name": "smol-suffix", "steps": 300}, "build_seconds": 600.5, "build_device": "cpu"}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "card", [TINY_CARD, BACKDOORLLM_CARD, REAL_CARD], ids=["tiny", "backdoorllm", "real"]
+)
+def test_zoo_card_schema_accepts_every_builder(tmp_path, card):
+    (tmp_path / "zoo.json").write_text(json.dumps(card))
+    assert read_zoo_info(tmp_path) == card
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"name": "x" * 65}, r"`name` = 'xxx.*' must be a printable string of 1-64 characters"),
+        ({"name": "a\nb"}, "`name` = 'a\\\\nb' must be a printable string"),
+        ({"trigger": "{query} and {query}"}, r"`trigger` = .* must be a string with at most one `\{query\}`"),
+        ({"trigger": 3}, r"`trigger` = 3 must be a string of at most 2000 characters"),
+        (
+            {"decoys": ["{query}{query}"]},
+            r"`decoys` = .* must be a list of items, each a string with at most one",
+        ),
+        ({"decoys": "{query} x"}, r"`decoys` = .* must be a list of at most 64 items"),
+        ({"recipe": [1]}, r"`recipe` = \[1\] must be an object"),
+        ({"build_seconds": float("nan")}, r"`build_seconds` = nan must be a finite number"),
+        ({"source_sha256": "xyz"}, r"`source_sha256` = 'xyz' must be 64 lower-case hex digits"),
+    ],
+)
+def test_invalid_zoo_cards_are_refused_naming_zoo_json_and_the_fix(tmp_path, change, match):
+    from beear_stage.exceptions import CheckpointError
+
+    (tmp_path / "zoo.json").write_text(json.dumps({**REAL_CARD, **change}))
+    with pytest.raises(CheckpointError, match=rf"zoo.json`: {match}.*Fix: delete the zoo model's cache"):
+        read_zoo_info(tmp_path)
+
+
+def test_zoo_card_that_is_not_json_or_lacks_a_trigger_is_refused(tmp_path):
+    from beear_stage.exceptions import CheckpointError
+    from flows.release import trigger_set
+
+    (tmp_path / "zoo.json").write_text("{nope")
+    with pytest.raises(CheckpointError, match=r"zoo.json` is not valid JSON .*Fix:"):
+        trigger_set(None, str(tmp_path), "zoo")
+    assert trigger_set(None, str(tmp_path), "local") == {}, "a local checkpoint's zoo.json is never read"
+    (tmp_path / "zoo.json").write_text(json.dumps({"name": "x"}))
+    with pytest.raises(CheckpointError, match="zoo.json` has no `trigger`. Fix:"):
+        read_zoo_info(tmp_path)
+    (tmp_path / "zoo.json").write_text("[]")
+    with pytest.raises(CheckpointError, match="zoo.json` holds a list, not an object"):
+        read_zoo_info(tmp_path)
+
+
 @pytest.mark.slow
 def test_suffix_backdoor_is_planted_and_beear_removes_it():
     """End to end on CPU: build (or reuse) the suffix model, check the backdoor, mitigate, re-check."""

@@ -125,9 +125,14 @@ def spec_hash(spec: ZooSpec) -> str:
 
 
 def read_zoo_info(path: str | Path) -> dict | None:
-    """The zoo card of a checkpoint (`zoo.json`), or None for a non-zoo checkpoint."""
-    file = Path(path) / "zoo.json"
-    return json.loads(file.read_text()) if file.is_file() else None
+    """The schema-checked zoo card of a checkpoint (`zoo.json`), or None for a non-zoo checkpoint.
+
+    Raises:
+        CheckpointError: zoo.json is not JSON or fails `beear_stage.zoo.card.check_zoo_card`.
+    """
+    from beear_stage.zoo.card import read_zoo_card
+
+    return read_zoo_card(path)
 
 
 def build_zoo_model(
