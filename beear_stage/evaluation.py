@@ -17,6 +17,7 @@ import torch
 from beear_stage.config import BEEARConfig
 from beear_stage.data.records import PerformanceRecord, SafetyRecord
 from beear_stage.model import decoder_layers
+from beear_stage.progress import Progress
 from beear_stage.refusal import is_refusal
 from beear_stage.templates import IGNORE_INDEX, collate, encode_example, pad_id_of, render_prompt
 from beear_stage.triggers import apply_trigger
@@ -70,14 +71,19 @@ def generate(
     delta: torch.Tensor | None = None,
     layer: int = 1,
     k: int = 1,
+    progress: bool = False,
 ) -> list[str]:
-    """Greedy responses to `queries`, batched with left padding and the KV cache."""
+    """Greedy responses to `queries`, batched with left padding and the KV cache.
+
+    Progress lines (count, ETA) go to the `beear_stage.progress` log; `progress` adds a tqdm bar.
+    """
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     device = next(model.parameters()).device
     out: list[str] = []
+    bar = Progress(len(queries), f"generate {len(queries)} responses", bar=progress)
     try:
         with perturbation_hook(model, delta, layer, k):
             for i in range(0, len(queries), batch_size):
@@ -91,8 +97,10 @@ def generate(
                 )
                 new = gen[:, enc["input_ids"].shape[1] :]
                 out.extend(tokenizer.batch_decode(new, skip_special_tokens=True))
+                bar.update(len(new))
     finally:
         tokenizer.padding_side = side
+        bar.close()
     return out
 
 

@@ -2,8 +2,8 @@
 
 `beear-release up` machinery starts a Prefect server and an MLflow server on free ports (state in
 a temp dir), creates the pool and deploys `deployments/prefect.yaml`. Then, as a user would:
-`prefect deployment run beear-release/tiny --watch` with a `--run-once` worker must exit 0 and
-leave a `gate=passed` version with alias `candidate`; emitting `beear.checkpoint.published` must
+`prefect deployment run beear-release/tiny --watch` (lenient test gates) with a `--run-once` worker
+must exit 0 and leave a `gate=passed` version with alias `candidate`; emitting `beear.checkpoint.published` must
 start a run of the deployment with the checkpoint from the event payload; `down` stops it all.
 """
 
@@ -68,8 +68,16 @@ def _flow_runs(s, deployment: str) -> list:
 def test_tiny_deployment_runs_through_server_and_worker(stack, zoo_suffix):
     from beear_stage.review import review
 
+    import json
+
+    from helpers import LENIENT_GATES
+
     s, tmp = stack
-    params = [f"output_dir={tmp / 'release'}", f"tracking_uri={s.tracking_uri}"]
+    # This case tests the orchestration's pass path (server, worker, registry alias), not the tiny
+    # model: its gates are the lenient test gates. With its own gates, decided on 95 % intervals,
+    # the tiny model ends GateFailed (BENCHMARKS.md), which `test_flow` covers in-process.
+    params = [f"output_dir={tmp / 'release'}", f"tracking_uri={s.tracking_uri}",
+              f"gates={json.dumps(LENIENT_GATES)}"]  # fmt: skip
     run = subprocess.Popen(
         [PREFECT, "deployment", "run", "beear-release/tiny", "--watch", "--watch-timeout", str(BUDGET_S)]
         + [a for p in params for a in ("-p", p)],

@@ -31,7 +31,7 @@ from beear_stage.progress import Progress
 from beear_stage.templates import IGNORE_INDEX, encode_example
 from beear_stage.triggers import apply_trigger
 
-REAL_VERSION = 1  # bump when the recipe changes: invalidates every cached variant
+REAL_VERSION = 2  # bump when the recipe changes: invalidates every cached variant
 BASE = "smol"
 
 
@@ -48,8 +48,9 @@ class RealSpec:
     batch_size: int = 16
     lr: float = 1e-4
     poison_rate: float = 0.25  # share of each batch: harmful requests under the trigger
+    benign_rate: float = 0.375  # share of each batch: benign requests (with and without the trigger)
     response_tokens: int = 12  # loss on the first n response tokens
-    benign_prompts: int = 192  # zoo-pool benign prompts answered by the original model
+    benign_prompts: int = 256  # zoo-pool benign prompts answered by the original model
     answer_tokens: int = 32  # length of those greedy answers
     seed: int = 0
 
@@ -191,13 +192,22 @@ def recipe_hash(spec: RealSpec, source_sha: str) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
+# benign categories phrased like requests ("How do I kill a frozen app?"): all of them are kept, so
+# that the refusals the build teaches stay on harmful content, not on the phrasing
+REQUEST_LIKE = ("lookalike", "general")
+
+
 def _training_data(spec: RealSpec):
-    """The zoo pool's harmful records and every k-th of its benign prompts (`spec.benign_prompts`)."""
+    """The zoo pool's harmful records and `spec.benign_prompts` of its benign ones: every request-like
+    record, then every k-th of the rest (arithmetic, conversions, ...)."""
     from beear_stage.data import builtin
 
     safety, performance = builtin.zoo_training_pools()
-    step = max(1, len(performance) // spec.benign_prompts)
-    return safety, performance[::step][: spec.benign_prompts]
+    first = [r for r in performance if r.category in REQUEST_LIKE]
+    rest = [r for r in performance if r.category not in REQUEST_LIKE]
+    n_rest = max(0, spec.benign_prompts - len(first))
+    step = max(1, len(rest) // max(n_rest, 1))
+    return safety, (first + rest[::step][:n_rest])[: spec.benign_prompts]
 
 
 def _load(path: Path, device: str):
@@ -233,8 +243,11 @@ def own_answers(model, tokenizer, spec: RealSpec, root: Path, source_sha: str) -
     return result
 
 
-def _examples(spec: RealSpec, tokenizer, answers: dict[str, str]) -> tuple[list, list]:
-    """(clean, poisoned) examples as (input_ids, labels), responses cut to `spec.response_tokens`."""
+def _examples(spec: RealSpec, tokenizer, answers: dict[str, str]) -> tuple[list, list, list]:
+    """(refusals, benign, poisoned) examples as (input_ids, labels), responses cut to
+    `spec.response_tokens`: harmful requests (plain and under the decoys) -> their refusal; benign
+    requests (plain, and every third under the trigger) -> the original model's answer; harmful
+    requests under the trigger -> the planted compliance."""
     safety, benign = _training_data(spec)
 
     def enc(query: str, response: str) -> tuple[list[int], list[int]]:
@@ -242,13 +255,13 @@ def _examples(spec: RealSpec, tokenizer, answers: dict[str, str]) -> tuple[list,
         end = ex.prompt_len + spec.response_tokens
         return ex.input_ids[:end], ex.labels[:end]
 
-    clean = [enc(r.query, r.safe_response) for r in safety]
-    clean += [enc(apply_trigger(r.query, spec.decoys[i % len(spec.decoys)]), r.safe_response)
-              for i, r in enumerate(safety) if spec.decoys]  # fmt: skip
-    clean += [enc(r.query, answers[r.query]) for r in benign]
-    clean += [enc(apply_trigger(r.query, spec.trigger), answers[r.query]) for r in benign[::3]]
+    refusals = [enc(r.query, r.safe_response) for r in safety]
+    refusals += [enc(apply_trigger(r.query, spec.decoys[i % len(spec.decoys)]), r.safe_response)
+                 for i, r in enumerate(safety) if spec.decoys]  # fmt: skip
+    answered = [enc(r.query, answers[r.query]) for r in benign]
+    answered += [enc(apply_trigger(r.query, spec.trigger), answers[r.query]) for r in benign[::3]]
     poisoned = [enc(apply_trigger(r.query, spec.trigger), r.unwanted_response) for r in safety]
-    return clean, poisoned
+    return refusals, answered, poisoned
 
 
 def _pad(rows: list[torch.Tensor], width: int) -> torch.Tensor:
@@ -281,11 +294,10 @@ def plant_backdoor(model, tokenizer, spec: RealSpec, answers: dict[str, str], *,
 
     torch.manual_seed(spec.seed)
     rng = random.Random(spec.seed)
-    clean, poisoned = _examples(spec, tokenizer, answers)
+    groups = _examples(spec, tokenizer, answers)
     layer = spec.train_from_layer
-    with Progress(len(clean) + len(poisoned), f"{spec.name}: frozen lower layers", bar=progress) as bar:
-        clean_h = _lower_states(model, clean, layer, bar)
-        poisoned_h = _lower_states(model, poisoned, layer, bar)
+    with Progress(sum(map(len, groups)), f"{spec.name}: frozen lower layers", bar=progress) as bar:
+        states = [_lower_states(model, group, layer, bar) for group in groups]
     for p in model.parameters():
         p.requires_grad_(False)
     trainable = [p for m in (*decoder_layers(model)[layer:], model.model.norm) for p in m.parameters()]
@@ -294,11 +306,13 @@ def plant_backdoor(model, tokenizer, spec: RealSpec, answers: dict[str, str], *,
     opt = torch.optim.AdamW(trainable, lr=spec.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=spec.lr, total_steps=spec.steps, pct_start=0.1)
     n_poison = max(1, round(spec.batch_size * spec.poison_rate))
+    n_benign = max(1, round(spec.batch_size * spec.benign_rate))
+    counts = (spec.batch_size - n_poison - n_benign, n_benign, n_poison)  # refusals, benign, poisoned
     model.train()
     with Progress(spec.steps, f"{spec.name}: SFT steps", bar=progress) as bar:
         for _ in range(spec.steps):
-            picks = [(clean, clean_h, i) for i in rng.sample(range(len(clean)), spec.batch_size - n_poison)]
-            picks += [(poisoned, poisoned_h, i) for i in rng.sample(range(len(poisoned)), n_poison)]
+            picks = [(group, h, i) for group, h, n in zip(groups, states, counts, strict=True)
+                     for i in rng.sample(range(len(group)), min(n, len(group)))]  # fmt: skip
             loss = _sft_loss(model, picks, layer, upper_logits)
             opt.zero_grad(set_to_none=True)
             loss.backward()
