@@ -296,14 +296,39 @@ class MLflowTracker:
             if run.info.run_id != self.run_id and not live:
                 stale.append(run.info.run_id)
         for run_id in stale:
-            self.client.set_tag(run_id, "error", "stale: process ended without closing the run")
-            self.client.set_terminated(run_id, "FAILED")
-            for mv in self.client.search_model_versions(f"run_id = {_quote(run_id)}"):
-                self.client.set_model_version_tag(mv.name, mv.version, "run_status", "FAILED")
-                for alias in mv.aliases:
-                    self.client.delete_registered_model_alias(mv.name, alias)
+            self._mark_failed(run_id, "stale: process ended without closing the run")
             logger.warning("MLflow run %s was left RUNNING by a dead process; marked FAILED", run_id)
         return len(stale)
+
+    def fail_own_runs(self, reason: str) -> int:
+        """Mark every RUNNING run owned by this process (`beear.host`, `beear.pid`) FAILED with tag
+        `error=<reason>`; returns how many. Used when the process is stopped by a signal."""
+        from beear_stage.checkpointing import host_name
+
+        found = self.client.get_experiment_by_name(self.experiment)
+        if found is None:
+            return 0
+        clauses = [
+            "attributes.status = 'RUNNING'",
+            f"tags.`{OWNER_HOST}` = {_quote(host_name())}",
+            f"tags.`{OWNER_PID}` = {_quote(str(os.getpid()))}",
+        ]
+        runs = self.client.search_runs([found.experiment_id], filter_string=" and ".join(clauses))
+        for run in runs:
+            self._mark_failed(run.info.run_id, reason)
+        return len(runs)
+
+    def _mark_failed(self, run_id: str, reason: str) -> None:
+        """End `run_id` FAILED; its model versions get `run_status=FAILED` and lose their aliases,
+        so a half-finished registration is never served or approved."""
+        self.client.set_tag(run_id, "error", reason)
+        self.client.set_terminated(run_id, "FAILED")
+        for found in self.client.search_model_versions(f"run_id = {_quote(run_id)}"):
+            # search results carry no aliases in MLflow 3: read the version itself
+            mv = self.client.get_model_version(found.name, found.version)
+            self.client.set_model_version_tag(mv.name, mv.version, "run_status", "FAILED")
+            for alias in mv.aliases:
+                self.client.delete_registered_model_alias(mv.name, alias)
 
     def close(self, status: str = "FINISHED") -> None:
         """End the run with `status` (FINISHED, FAILED or KILLED); a no-op when no run is open."""

@@ -7,7 +7,8 @@
     beear-release approve NAME VERSION        alias `champion` (after human review)
 
 Exit codes of `run`: 0 all gates passed, 1 GateFailed, 2 bad input (a `BEEARError`: config, data,
-checkpoint), 3 the run failed for another reason.
+checkpoint), 3 the run failed for another reason, 128 + N stopped by signal N (143 SIGTERM, 130
+SIGINT: the MLflow run ends FAILED and every child process is stopped, `flows/shutdown.py`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from typing import Any
 
@@ -165,8 +167,20 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     from flows.release import release
+    from flows.shutdown import cleanup, stop_on_signals
 
-    state = release(**params, return_state=True)
+    with stop_on_signals(params["tracking_uri"]) as guard:
+        try:
+            state = release(**params, return_state=True)
+        except BaseException:  # Stopped, or whatever Prefect made of it while unwinding
+            if guard.signum is None:
+                raise
+        guard.cleaning = True  # the flow is over: a signal now must not interrupt what follows
+        if guard.signum is not None:  # the flow closed its run FAILED; atexit stops Prefect's server
+            name = signal.Signals(guard.signum).name
+            cleanup(params["tracking_uri"], f"stopped by {name}", children=False)
+            print(f"error: stopped by {name}; the MLflow run is marked FAILED", file=sys.stderr)
+            return 128 + guard.signum
     if state.is_completed():
         result = state.result()
         print(json.dumps(result, indent=1, default=str) if args.json else _summary(result))

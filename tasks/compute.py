@@ -137,6 +137,7 @@ def mitigate(checkpoint_dir: str, identity: str, config: dict, sources: DataSour
     sets = load_data(sources)
     _quiet()
     model, tokenizer = load_model_and_tokenizer(checkpoint_dir, dtype=cfg.dtype, device=cfg.device)
+    log.info("mitigation started: %s, %d rounds on %s", cfg.method, cfg.rounds, checkpoint_dir)
     result = run_mitigation(cfg, model, tokenizer, sets.safety, sets.performance, progress=False)
     path = Path(checkpoint_dir)
     if cfg.method != "none":  # "none" changes nothing: skip copying the weights
