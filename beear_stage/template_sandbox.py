@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +28,7 @@ MESSAGES = [
     {"role": "assistant", "content": "Mix flour, water, salt and yeast, let it rise, then bake it."},
 ]
 SPECIAL_TOKENS = ("bos_token", "eos_token", "unk_token", "pad_token")
+_CREDENTIAL = re.compile(r"TOKEN|KEY|SECRET|PASSWORD|PASSWD|AUTH|CREDENTIAL", re.IGNORECASE)
 
 
 def find_chat_templates(path: str | Path) -> list[tuple[str, str]]:
@@ -73,7 +75,7 @@ def check_template_renders(root: Path, templates: list[tuple[str, str]]) -> None
                 capture_output=True,
                 text=True,
                 timeout=CHILD_SECONDS,
-                env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+                env=_child_env(),
             )
         except subprocess.TimeoutExpired as e:
             raise CheckpointError(
@@ -85,6 +87,15 @@ def check_template_renders(root: Path, templates: list[tuple[str, str]]) -> None
         result = json.loads(lines[-1]) if lines else {"error": "crash", "message": done.stderr[-500:]}
         if result.get("error"):
             raise CheckpointError(f"{where} {_explain(result)}")
+
+
+def _child_env() -> dict[str, str]:
+    """The environment without credentials (the template is the checkpoint's code), with this
+    package importable."""
+    env = {k: v for k, v in os.environ.items() if not _CREDENTIAL.search(k)}
+    root = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+    return env
 
 
 def _explain(result: dict) -> str:

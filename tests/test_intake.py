@@ -426,3 +426,14 @@ def test_attacker_checkpoints_exit_2_within_60_s(tmp_path, case, capsys):
     assert text in err and "Fix:" in err, err[-2000:]
     assert not out.exists(), "nothing may run for a refused checkpoint"
     print(f"{case}: exit 2 in {seconds:.1f} s")
+
+
+def test_template_child_gets_no_credentials(monkeypatch):
+    from beear_stage.template_sandbox import _child_env
+
+    monkeypatch.setenv("HF_TOKEN", "hf_secret")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "x")
+    monkeypatch.setenv("PYTHONPATH", "/elsewhere")
+    env = _child_env()
+    assert "HF_TOKEN" not in env and "AWS_SECRET_ACCESS_KEY" not in env
+    assert env["PYTHONPATH"].endswith(os.pathsep + "/elsewhere") and "PATH" in env
