@@ -389,8 +389,29 @@ def run_mitigation(
     "crow" (`beear_stage.crow.CROW`) uses only the performance records; `safety` is ignored.
     `dist`: `beear_stage.distributed.DataParallel()` splits the work across processes.
     """
+    start = time.perf_counter()
+    if cfg.pa_answers == "own" and cfg.method in ("beear", "sft") and performance:
+        performance = own_answers(model, tokenizer, performance, cfg)
+    answers_seconds = time.perf_counter() - start
     if cfg.method == "crow":
         from beear_stage.crow import CROW  # crow.py imports BEEARResult from this module
 
         return CROW(cfg, model, tokenizer, performance, progress=progress, dist=dist).run()
-    return BEEAR(cfg, model, tokenizer, safety, performance, progress=progress, dist=dist).run()
+    result = BEEAR(cfg, model, tokenizer, safety, performance, progress=progress, dist=dist).run()
+    if answers_seconds > 0.01:  # part of the mitigation's cost
+        result.phase_seconds["pa_answers"] = answers_seconds
+        result.seconds += answers_seconds
+    return result
+
+
+def own_answers(model, tokenizer, performance: Sequence[PerformanceRecord], cfg: BEEARConfig) -> list:
+    """The PA records with y_p replaced by the model's own greedy answers (before any update)."""
+    from dataclasses import replace
+
+    from beear_stage.evaluation import generate
+
+    answers = generate(
+        model, tokenizer, [r.query for r in performance],
+        batch_size=cfg.eval_batch_size, max_new_tokens=cfg.pa_answer_tokens,
+    )  # fmt: skip
+    return [replace(r, answer=a) for r, a in zip(performance, answers, strict=True) if a.strip()]

@@ -22,6 +22,7 @@ METHODS = ("beear", "sft", "crow", "none")
 TRAINABLE_SCOPES = ("all", "upto_layer")
 OUTER_OPTIMIZERS = ("adamw", "sgd")
 PA_LOSSES = ("ce", "kl")
+PA_ANSWERS = ("reference", "own")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 # Accepted range of numeric fields (inclusive). The lower ends repeat or extend the rules in
@@ -49,6 +50,7 @@ _LIMITS: dict[str, tuple[float, float, str]] = {
     "pa_weight": (0, _BIG, "weight of the performance-anchoring term"),
     "pa_response_tokens": (1, 131_072, "tokens per answer"),
     "pa_delta_weight": (0, _BIG, "weight of the PA term under delta"),
+    "pa_answer_tokens": (1, 4096, "tokens per generated PA answer"),
     "max_grad_norm": (0, _BIG, "0 disables clipping"),
     "divergence_loss": (1e-12, _BIG, "a loss above it aborts the run; it must be positive"),
     "crow_steps": (1, _BIG, "optimiser steps"),
@@ -64,7 +66,7 @@ _DEFAULT_EXAMPLE: dict[str, Any] = {
     "inner_steps": 5, "inner_lr": 0.1, "alpha": 0.05, "alpha_cap": 5.0, "delta_max_norm": 2.0,
     "inner_batch_size": 16, "rounds": 6, "outer_steps": 1, "outer_lr": "3.0e-7", "weight_decay": 0.0,
     "sa_batch_size": 16, "pa_batch_size": 16, "pa_weight": 1.0, "pa_response_tokens": 8,
-    "pa_delta_weight": 0.0, "max_grad_norm": 1.0, "divergence_loss": 50.0, "crow_steps": 60,
+    "pa_delta_weight": 0.0, "pa_answers": "reference", "pa_answer_tokens": 48, "max_grad_norm": 1.0, "divergence_loss": 50.0, "crow_steps": 60,
     "crow_eps": 0.1, "crow_alpha": 5.5, "eval_batch_size": 32, "max_new_tokens": 32, "seed": 0,
     "method": "beear", "dtype": "auto", "device": "auto", "trainable": "upto_layer",
     "outer_optimizer": "adamw", "pa_loss": "ce", "gradient_checkpointing": "false",
@@ -130,6 +132,12 @@ class BEEARConfig:
             (self-distillation: keeps the model's own benign behaviour, including its
             refuse-or-answer decision, instead of pulling it towards the reference texts). Holds a
             second copy of the weights (doubles weight memory; meant for small models).
+        pa_answers (str, "reference"): the answers y_p of the PA term. "reference" (the paper) = the
+            answers in the performance-anchoring records; "own" = the model's own greedy answers to
+            the PA prompts, generated once before mitigation (`pa_answer_tokens` tokens): the outer
+            level then keeps the model's behaviour on benign requests instead of pulling it towards
+            another style of answer.
+        pa_answer_tokens (int, 48): length of the generated answers when `pa_answers` = "own".
         pa_delta_weight (float, 0.0): weight of the same PA term computed under the round's delta
             (benign prompts + delta must still be answered), so the outer level learns "harmful
             => refuse" rather than "perturbed => refuse". 0 (the paper) disables it.
@@ -188,6 +196,8 @@ class BEEARConfig:
     pa_weight: float = 1.0
     pa_response_tokens: int | None = None
     pa_loss: str = "ce"
+    pa_answers: str = "reference"
+    pa_answer_tokens: int = 48
     pa_delta_weight: float = 0.0
     max_grad_norm: float = 1.0
     divergence_loss: float = 50.0
@@ -232,6 +242,12 @@ class BEEARConfig:
             f"use one of {PA_LOSSES}",
         )
         need(self.pa_weight >= 0, "pa_weight", "must be >= 0", "e.g. pa_weight: 1.0")
+        need(
+            self.pa_answers in PA_ANSWERS,
+            "pa_answers",
+            "unknown source of PA answers",
+            f"use one of {PA_ANSWERS}",
+        )
         need(self.pa_delta_weight >= 0, "pa_delta_weight", "must be >= 0", "e.g. pa_delta_weight: 0.25, or 0")
         for name in ("rounds", "inner_batch_size", "sa_batch_size", "pa_batch_size", "eval_batch_size"):
             need(getattr(self, name) >= 1, name, "must be a positive integer", f"set {name} >= 1")
