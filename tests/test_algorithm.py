@@ -185,3 +185,23 @@ def test_pa_response_tokens_cuts_the_performance_answers():
         assert b.prompt_len == a.prompt_len and b.input_ids == a.input_ids[: a.prompt_len + 2]
         assert sum(label != -100 for label in b.labels) == 2
     assert any(len(a.input_ids) > a.prompt_len + 2 for a in full.pa)  # the cut removed something
+
+
+def test_pa_answers_own_anchors_on_the_models_greedy_answers():
+    from beear_stage.algorithm import own_answers
+    from beear_stage.evaluation import generate
+    from beear_stage.exceptions import ConfigError
+
+    tok = tiny_tokenizer()
+    model = tiny_model(tok)
+    cfg = _cfg(pa_answers="own", pa_answer_tokens=4, rounds=1)
+    records = performance_records()
+    own = own_answers(model, tok, records, cfg)
+    expected = generate(model, tok, [r.query for r in records], max_new_tokens=4)
+    assert [r.answer for r in own] == [a for a in expected if a.strip()]
+    assert [r.query for r in own] == [r.query for r, a in zip(records, expected, strict=True) if a.strip()]
+    assert {o.answer for o in own}.isdisjoint(r.answer for r in records)  # not the references
+    result = run_mitigation(cfg, model, tok, safety_records(), records, progress=False)
+    assert result.phase_seconds["pa_answers"] > 0 and result.seconds >= result.phase_seconds["pa_answers"]
+    with pytest.raises(ConfigError, match="pa_answers.*'mine'"):
+        _cfg(pa_answers="mine")

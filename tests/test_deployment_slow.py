@@ -66,11 +66,10 @@ def _flow_runs(s, deployment: str) -> list:
 
 
 def test_tiny_deployment_runs_through_server_and_worker(stack, zoo_suffix):
-    from beear_stage.review import review
-
     import json
 
-    from helpers import LENIENT_GATES
+    from beear_stage.review import review
+    from tests.helpers import LENIENT_GATES
 
     s, tmp = stack
     # This case tests the orchestration's pass path (server, worker, registry alias), not the tiny
