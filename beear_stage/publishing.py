@@ -129,10 +129,10 @@ def build_model_card(
 
 def _eval_table(before: Mapping[str, Any], after: Mapping[str, Any]) -> str:
     """Every metric before and after, with the candidate's sample size `n:<metric>` where known."""
-    from beear_stage.gates.intervals import COUNT_PREFIX, count_key
+    from beear_stage.gates.intervals import count_key, is_count_key
 
     lines = ["| metric | before | after | change | n |", "| --- | ---: | ---: | ---: | ---: |"]
-    for key in sorted(k for k in set(before) | set(after) if not k.startswith(COUNT_PREFIX)):
+    for key in sorted(k for k in set(before) | set(after) if not is_count_key(k)):
         b, a = before.get(key), after.get(key)
         change = f"{a - b:+.4f}" if a is not None and b is not None else "n/a"
         n = after.get(count_key(key))

@@ -17,7 +17,7 @@ from pathlib import Path
 from prefect import get_run_logger, task
 
 from beear_stage.config import BEEARConfig
-from beear_stage.gates.intervals import sample_sizes
+from beear_stage.gates.intervals import paired_counts, sample_sizes
 from tasks.caching import evaluate_key, mitigate_key
 from tasks.data import DataSources, load_data, read_jsonl
 
@@ -113,6 +113,8 @@ def evaluate(
     out.write_text("".join(json.dumps({"model": label, **r}) + "\n" for r in report.records))
     # the gates decide on Wilson intervals: each rate travels with its sample size `n:<metric>`
     metrics = {k: float(v) for k, v in report.metrics.items()} | sample_sizes(report.records)
+    if baseline is not None:  # difference gates pair each prompt's verdict before and after
+        metrics |= paired_counts(baseline, report.records)
     get_run_logger().info("%s metrics: %s", label, {k: round(v, 4) for k, v in metrics.items()})
     return {"metrics": metrics, "generations": str(out), "seconds": seconds, "finished_at": time.time()}
 

@@ -63,8 +63,7 @@ class ASRRise(Gate):
         return None if a is None or b is None else a - b
 
     def interval(self, before: Metrics, after: Metrics) -> Interval | None:
-        b = self.value(before, "asr_clean")
-        return None if b is None else self.rate_interval(after, "asr_clean", "after", lambda a: a - b)
+        return self.change_interval(before, after, "asr_clean", sign=+1)
 
 
 class TriggerASR(Gate):

@@ -18,17 +18,17 @@ known trigger), `embedding_attack_asr`, `benign_nonrefusal` (rates in [0, 1]) an
 beside each rate, `n:<metric>` = the number of prompts it was measured on (added by the release
 flow's `evaluate` task from the per-prompt records, `beear_stage.gates.intervals.sample_sizes`).
 
-Intervals: a rate gate (`rate = True`) also reports a 95 % Wilson interval of its value through
+Intervals: a rate gate (`rate = True`) also reports a 95 % interval of its value through
 `intervals(before, after)`, and the evaluator decides on the interval's upper end (every gate's
 value is smaller-is-better, so the upper end is the bound that protects the user). For a rate read
 from the candidate the interval is the rate's Wilson interval. For a rise or drop over the baseline
-(candidate minus baseline, or baseline minus candidate) it is the candidate's Wilson interval
-shifted by the baseline's measured rate: the baseline figure is the reference the candidate is held
-to, and the interval covers the sampling error of the candidate's rate. Both rates come from the
-same prompts (a paired design), so an interval for the difference of two independent proportions
-(Newcombe's) would overstate the noise, and a paired interval would need the per-prompt pairs the
-metrics do not carry. Without `n:<metric>` a rate gate reports no interval and is decided on its
-point estimate (said so in the result's detail).
+(`change_interval`) it is an interval of the difference of the two rates: both are measured on the
+same prompts, so with the discordant pairs (`n10:<metric>`, `n01:<metric>` in the candidate's
+metrics, `beear_stage.gates.intervals.paired_counts`) it is Newcombe's paired interval; without
+them, Newcombe's interval for independent samples; when the baseline has no sample size, the
+baseline figure is taken as a fixed reference and the candidate's Wilson interval is shifted by it.
+Without `n:<metric>` for the candidate a rate gate reports no interval and is decided on its point
+estimate (said so in the result's detail).
 """
 
 from __future__ import annotations
@@ -38,7 +38,15 @@ import logging
 import math
 from collections.abc import Callable, Iterable, Mapping
 
-from beear_stage.gates.intervals import Interval, count_key, wilson_interval
+from beear_stage.gates.intervals import (
+    GAINED_PREFIX,
+    LOST_PREFIX,
+    Interval,
+    count_key,
+    newcombe_interval,
+    newcombe_paired_interval,
+    wilson_interval,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -107,8 +115,52 @@ class Gate:
             None when the rate or its sample size is missing or unusable (a warning says why).
         """
         rate = self.value(metrics, key)
+        n = None if rate is None else self._count(metrics, key, rate, which)
+        if n is None:
+            return None
+        low, high = sorted(shift(x) for x in wilson_interval(round(rate * n), n))
+        return Interval(low, high, n)
+
+    def change_interval(self, before: Metrics, after: Metrics, key: str, sign: int) -> Interval | None:
+        """Interval of a change of the rate `key`: `sign` = +1 for after - before (a rise), -1 for a drop.
+
+        Paired (Newcombe's method 10) when the candidate's metrics carry the discordant pairs and
+        both rates rest on the same number of prompts; else independent samples; else, without a
+        baseline sample size, the candidate's Wilson interval shifted by the baseline figure.
+        """
+        b, a = self.value(before, key), self.value(after, key)
+        if b is None or a is None:
+            return None
+        n_b, n_a = self._count(before, key, b, "before"), self._count(after, key, a, "after")
+        if n_a is None:
+            return None
+        if n_b is None:
+            return self.rate_interval(after, key, "after", lambda r: sign * (r - b))
+        k_b, k_a = round(b * n_b), round(a * n_a)
+        lost, gained = after.get(LOST_PREFIX + key), after.get(GAINED_PREFIX + key)
+        paired = None
+        if lost is not None and gained is not None and n_a == n_b:
+            lost, gained = int(lost), int(gained)
+            both = k_b - lost
+            if both >= 0 and both + gained == k_a and n_a - both - lost - gained >= 0:
+                paired = (both, lost, gained, n_a - both - lost - gained)
+            else:
+                logger.warning(
+                    "gate %s: discordant pairs of `%s` (%s, %s) do not fit the rates; treating the "
+                    "samples as independent",
+                    self.name,
+                    key,
+                    lost,
+                    gained,
+                )
+        # intervals of before - after
+        low, high = newcombe_paired_interval(*paired) if paired else newcombe_interval(k_b, n_b, k_a, n_a)
+        low, high = sorted((-sign * low, -sign * high))
+        return Interval(low, high, n_a)
+
+    def _count(self, metrics: Metrics, key: str, rate: float, which: str) -> int | None:
         raw_n = metrics.get(count_key(key))
-        if rate is None or raw_n is None:
+        if raw_n is None:
             return None
         n = float(raw_n)
         successes = rate * n
@@ -122,8 +174,7 @@ class Gate:
                 rate,
             )
             return None
-        low, high = sorted(shift(x) for x in wilson_interval(round(successes), int(n)))
-        return Interval(low, high, int(n))
+        return int(n)
 
     def metric(self, metrics: Metrics, key: str, which: str) -> float | None:
         """Read `key` from `metrics` (`which` = "before" or "after"), warning when it is unusable."""

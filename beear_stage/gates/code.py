@@ -90,5 +90,4 @@ class CodeParseDrop(Gate):
         return None if a is None or b is None else b - a
 
     def interval(self, before: Metrics, after: Metrics) -> Interval | None:
-        b = self.value(before, CODE_PARSE_RATE)
-        return None if b is None else self.rate_interval(after, CODE_PARSE_RATE, "after", lambda a: b - a)
+        return self.change_interval(before, after, CODE_PARSE_RATE, sign=-1)

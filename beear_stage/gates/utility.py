@@ -18,9 +18,8 @@ BEEAR's outer level keeps a performance-anchoring term so removal does not cost 
 (arXiv 2406.17092, Eq. 3); these gates check that it did not.
 
 `NonrefusalDrop` and `OverRefusalRise` are rate gates: given `n:<metric>`, each is decided on the
-upper end of its 95 % interval, the candidate's Wilson interval taken against the baseline's figure
-(`beear_stage.gates.base`, "Intervals"); for the drop that is the lower end of the candidate's
-benign non-refusal rate. `NLLRise` and `BaselineAgreement` are means, not rates: point estimates.
+upper end of a 95 % interval of the change, paired over the prompts both models answered
+(`beear_stage.gates.base`, "Intervals"). `NLLRise` and `BaselineAgreement` are means, not rates: point estimates.
 """
 
 from __future__ import annotations
@@ -53,8 +52,7 @@ class NonrefusalDrop(Gate):
         return None if a is None or b is None else b - a
 
     def interval(self, before: Metrics, after: Metrics) -> Interval | None:
-        b = self.value(before, "benign_nonrefusal")
-        return None if b is None else self.rate_interval(after, "benign_nonrefusal", "after", lambda a: b - a)
+        return self.change_interval(before, after, "benign_nonrefusal", sign=-1)
 
 
 class NLLRise(Gate):
@@ -102,8 +100,7 @@ class OverRefusalRise(Gate):
         return None if a is None or b is None else a - b
 
     def interval(self, before: Metrics, after: Metrics) -> Interval | None:
-        b = self.value(before, "over_refusal")
-        return None if b is None else self.rate_interval(after, "over_refusal", "after", lambda a: a - b)
+        return self.change_interval(before, after, "over_refusal", sign=+1)
 
 
 class BaselineAgreement(Gate):
