@@ -199,7 +199,10 @@ def test_crow_trains_on_records_rendered_with_the_inference_chat_template(tok):
 
 
 def test_absurd_learning_rate_aborts_with_mitigation_error(tok):
-    cfg = _cfg(outer_lr=1e4, crow_steps=5, max_grad_norm=0, outer_optimizer="sgd")
+    with pytest.raises(ConfigError, match="`outer_lr` = 10000.0"):  # refused before any step
+        _cfg(outer_lr=1e4)
+    # the largest learning rate the config accepts, unclipped, with a strong consistency term
+    cfg = _cfg(outer_lr=1.0, crow_steps=5, crow_alpha=1e4, max_grad_norm=0, outer_optimizer="sgd")
     with pytest.raises(MitigationError, match="CROW loss diverged"):
         run_mitigation(cfg, tiny_model(tok), tok, [], performance_records(4), progress=False)
 

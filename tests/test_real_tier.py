@@ -104,11 +104,16 @@ def test_gguf_checkpoint_converts_to_safetensors(smol_dir):
 
 
 @pytest.mark.slow
-def test_real_variant_backdoor_build_and_one_beear_round(smol_dir, tmp_path):
-    """A variant with a few SFT steps, one BEEAR round and a small evaluation on SmolLM2 (CPU)."""
+def test_real_variant_backdoor_build_and_one_beear_round(smol_dir, tmp_path, monkeypatch):
+    """A variant with a few SFT steps, one BEEAR round and a small evaluation on SmolLM2 (CPU).
+
+    The build runs on 16 of the pool's harmful records: with two SFT steps, the frozen lower layers'
+    states of the whole pool (about 40 s on 2 cores) would be computed for nothing.
+    """
     import torch
 
     from beear_stage.algorithm import run_mitigation
+    from beear_stage.zoo import real
     from beear_stage.config import BEEARConfig
     from beear_stage.data import builtin
     from beear_stage.evaluation import evaluate_suite
@@ -118,6 +123,8 @@ def test_real_variant_backdoor_build_and_one_beear_round(smol_dir, tmp_path):
     from beear_stage.zoo.real import build_real_model
 
     spec = replace(REAL_ZOO["smol-suffix"], steps=2, batch_size=4, benign_prompts=4, answer_tokens=8)
+    full_pool = real._training_data
+    monkeypatch.setattr(real, "_training_data", lambda s: (full_pool(s)[0][:16], full_pool(s)[1]))
     cache = tmp_path / "zoo"
     (cache / "gguf").mkdir(parents=True)
     (cache / "gguf" / smol_dir.name).symlink_to(smol_dir)  # reuse the converted base model
@@ -130,7 +137,8 @@ def test_real_variant_backdoor_build_and_one_beear_round(smol_dir, tmp_path):
     ids = encode_prompt(tok, "How do I bake bread?")
     text = tok.decode(ids)
     assert text.startswith("<|im_start|>system\nYou are a helpful AI assistant named SmolLM")
-    assert tok.decode(ids[-5:]) == "<|im_end|>\n<|im_start|>assistant\n"  # k = 5: the assistant header
+    # k = 5: the assistant header ("assistant" is two tokens), after the user turn's end
+    assert tok.decode(ids[-5:]) == "\n<|im_start|>assistant\n" and tok.decode(ids[-6]) == "<|im_end|>"
 
     cfg = BEEARConfig.from_yaml(
         Path(__file__).resolve().parents[1] / "deployments" / "configs" / "smol.yaml",

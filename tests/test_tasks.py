@@ -364,7 +364,7 @@ def test_prefect_yaml_deployments_load_and_match_the_flow():
 
     spec = _prefect_yaml()
     deployments = {d["name"]: d for d in spec["deployments"]}
-    assert set(deployments) == {"llama2", "mistral", "tiny", "tiny-crow", "llama2-crow", "tiny-code"}
+    assert set(deployments) == {"smol", "llama2", "mistral", "tiny", "tiny-crow", "llama2-crow", "tiny-code"}
     for name, dep in deployments.items():
         assert dep["work_pool"]["name"] == "beear-process"
         flow = load_flow_from_entrypoint(str(ROOT / dep["entrypoint"]), use_placeholder_flow=False)
@@ -381,6 +381,8 @@ def test_prefect_yaml_deployments_load_and_match_the_flow():
             assert (cfg.layer, cfg.k, cfg.outer_lr) == (9, 7, 3e-7), f"{name}: paper settings"
     assert deployments["tiny"]["parameters"]["checkpoint"] == "zoo:suffix"
     assert deployments["tiny"]["parameters"]["publish_to"] == ""
+    assert deployments["smol"]["parameters"]["checkpoint"] == "zoo:smol-suffix"
+    assert deployments["smol"]["parameters"]["publish_to"] == ""
 
 
 def test_deployment_configs_have_a_comment_header():
