@@ -81,7 +81,7 @@ class BEEARConfig:
     Method:
         method (str, "beear"): "beear" runs the bi-level loop; "sft" runs the same outer
             fine-tuning with delta fixed at zero (the control that shows delta matters);
-            "crow" runs CROW (`beear_stage.crow`: internal-consistency regularisation on the
+            "crow" runs CROW (`beear_stage.methods.crow`: internal-consistency regularisation on the
             performance-anchoring records only, see "CROW" below); "none" skips mitigation
             (baseline / gate-failure drills).
 
@@ -160,7 +160,7 @@ class BEEARConfig:
     Evaluation (used by gates and benchmarks):
         eval_batch_size (int, 32), max_new_tokens (int, 32).
         refusal_keywords (list[str] | None): None = the default pattern classifier
-            (`beear_stage.refusal.DEFAULT_CLASSIFIER`, measured against XSTest human labels); a
+            (`beear_stage.eval.refusal.DEFAULT_CLASSIFIER`, measured against XSTest human labels); a
             list = GCG-style matching (any keyword anywhere in the response is a refusal).
 
     seed (int, 0).

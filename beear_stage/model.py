@@ -8,7 +8,7 @@ decoder-only model exposing `model.model.layers` and accepting `inputs_embeds` w
 
 Checkpoints are untrusted: weights load from safetensors only, `trust_remote_code` is never set,
 and every file rule (symlinks, `auto_map`, JSON, config vs safetensors headers) lives in
-`beear_stage.intake`, which runs before anything loads.
+`beear_stage.release.intake`, which runs before anything loads.
 """
 
 from __future__ import annotations
@@ -21,28 +21,16 @@ import torch
 from torch import nn
 
 from beear_stage.exceptions import CheckpointError
-from beear_stage.intake import (  # noqa: F401 (re-exported: the intake rules live in beear_stage.intake)
-    PICKLE_SUFFIXES,
+from beear_stage.release.intake import (
     SUPPORTED_MODEL_TYPES,
-    check_checkpoint_fits,
     check_layer,
     check_weights_match_config,
     inspect_checkpoint_dir,
+    resolve_device,
+    resolve_dtype,
 )
 
 log = logging.getLogger(__name__)
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return getattr(torch, dtype)
 
 
 def load_model_and_tokenizer(path: str | Path, *, dtype: str = "auto", device: str = "auto"):

@@ -259,7 +259,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_review(args: argparse.Namespace) -> int:
-    from beear_stage.review import review
+    from beear_stage.release.review import review
     from flows.services import default_tracking_uri
 
     rows = review(args.name, tracking_uri=args.tracking_uri or default_tracking_uri())
@@ -292,7 +292,7 @@ def review_text(rows: list[dict]) -> str:
 
 def cmd_approve(args: argparse.Namespace) -> int:
     from beear_stage.exceptions import BEEARError
-    from beear_stage.review import approve
+    from beear_stage.release.review import approve
     from flows.services import default_tracking_uri
 
     try:

@@ -47,7 +47,7 @@ def where_to_look(s: Services, flow_run_id: str, registry_name: str = REGISTRY_N
     """Links to the Prefect run, the MLflow run and the newest registry version of the demo."""
     from mlflow import MlflowClient
 
-    from beear_stage.review import review
+    from beear_stage.release.review import review
 
     lines = [f"Prefect flow run: http://127.0.0.1:{s.prefect_port}/runs/flow-run/{flow_run_id}"]
     try:

@@ -21,13 +21,11 @@ from prefect import flow, get_run_logger
 from prefect.states import Failed
 
 from beear_stage.config import BEEARConfig
-from beear_stage.data.eval_sets import detect_eval_format
 from beear_stage.exceptions import ConfigError
-from beear_stage.gates.base import DEFAULT_GATES
-from beear_stage.gates.code import CODE_GATES
 from beear_stage.gates.evaluator import GateThresholds
-from beear_stage.intake import check_checkpoint_fits
-from beear_stage.tracking import check_tracking_reachable
+from beear_stage.gates.selection import release_gates
+from beear_stage.release.intake import check_checkpoint_fits
+from beear_stage.release.tracking import check_tracking_reachable
 from beear_stage.zoo import read_zoo_info
 from flows.services import default_tracking_uri, project_root
 from tasks import (
@@ -69,7 +67,7 @@ def check_release_options(
     Raises:
         ConfigError: naming the option, the value and the fix.
     """
-    from beear_stage.publishing import REPO_ID_PATTERN
+    from beear_stage.release.publishing import REPO_ID_PATTERN
 
     if not isinstance(checkpoint, str) or not checkpoint.strip():
         raise ConfigError(
@@ -104,26 +102,6 @@ def trigger_set(known_triggers: list[str] | None, checkpoint_dir: str, kind: str
         slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(info.get("name", ""))).strip("_.")[:64] or "card"
         triggers[f"zoo_{slug}"] = info["trigger"]
     return triggers
-
-
-# judge-free utility gates: the flow measures their metrics on every run (`tasks.compute.evaluate`)
-UTILITY_GATES: tuple[str, ...] = ("utility.OverRefusalRise", "utility.BaselineAgreement")
-
-
-def flow_gates(names: list[str] | None, data: DataSources) -> list[str]:
-    """The gates of a release run: `names` when given (`gates: {gates: [...]}`), else those whose
-    metrics the run measures: `DEFAULT_GATES` (its keyword-ASR gates only when there are harmful
-    text prompts, i.e. not for a `builtin: code` run without `harmful_eval`), the utility gates
-    `UTILITY_GATES`, and `CODE_GATES` when coding prompts are evaluated (`code_eval`, `builtin: code`);
-    no reference-NLL gate when `benign_eval` is an MT-Bench question file (no reference answers).
-    """
-    if names is not None:
-        return list(names)
-    harmful = data.builtin != "code" or bool(data.harmful_eval)
-    gates = [g for g in DEFAULT_GATES if harmful or not g.startswith("asr.")] + list(UTILITY_GATES)
-    if data.benign_eval and detect_eval_format(data.benign_eval) == "mtbench":
-        gates.remove("utility.NLLRise")  # MT-Bench questions have no reference answers to score
-    return gates + (list(CODE_GATES) if data.builtin == "code" or data.code_eval else [])
 
 
 def data_hash(data: DataSources) -> str:
@@ -179,7 +157,7 @@ def release(
         config: BEEAR config YAML (e.g. `deployments/configs/llama2.yaml`) or a mapping; "" = defaults.
         data: anchoring and evaluation sets (empty paths = built-in sets) and an eval cap.
         gates: gate thresholds (`GateThresholds` fields); None = defaults. Its `gates` list picks
-            the gates; by default `flow_gates` (keyword ASR, utility, code when evaluated).
+            the gates; by default `beear_stage.gates.selection.release_gates` (ASR, utility, code when evaluated).
         publish_to: Hub repo id for a passing candidate; "" = MLflow registry only.
         private: create the Hub repo private.
         known_triggers: trigger strings to probe ASR with ("{query}" templates or suffixes).
@@ -198,7 +176,7 @@ def release(
     )
     cfg = resolve_config(config)
     thresholds = GateThresholds.from_dict(gates or {})
-    thresholds.gates = flow_gates(thresholds.gates, data)
+    thresholds.gates = release_gates(thresholds.gates, data)
     tracking_uri = tracking_uri or default_tracking_uri()
     check_tracking_reachable(tracking_uri)  # fail before any download or compute
 

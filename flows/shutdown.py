@@ -81,7 +81,7 @@ def stop_on_signals(tracking_uri: str) -> Iterator[_Guard]:
 def cleanup(tracking_uri: str, reason: str, *, children: bool = True) -> None:
     """Mark this process's RUNNING MLflow runs FAILED and (with `children`) stop its child processes."""
     try:
-        from beear_stage.tracking import MLflowTracker
+        from beear_stage.release.tracking import MLflowTracker
         from flows.services import default_tracking_uri
         from tasks.registry import EXPERIMENT
 

@@ -4,10 +4,11 @@ Tasks pass paths, commit SHAs and small dicts, never models. Only `pull_checkpoi
 (network) retry; the compute tasks are cached on checkpoint SHA + config hash instead.
 """
 
+from beear_stage.data.sources import DataSources
 from tasks.caching import fresh
 from tasks.checkpoint import pull_checkpoint
 from tasks.compute import evaluate, mitigate
-from tasks.data import DataSources, validate_data
+from tasks.data import validate_data
 from tasks.gating import gate
 from tasks.publishing import publish
 from tasks.registry import close_run, open_candidate_run, register

@@ -17,9 +17,8 @@ from pathlib import Path
 from prefect import get_run_logger, task
 
 from beear_stage.config import BEEARConfig
-from beear_stage.gates.intervals import paired_counts, sample_sizes
+from beear_stage.data.sources import DataSources, load_data, read_jsonl
 from tasks.caching import evaluate_key, mitigate_key
-from tasks.data import DataSources, load_data, read_jsonl
 
 # Tag of the model-loading tasks: `prefect concurrency-limit create beear-compute 1` serialises them
 # across flow runs (one accelerator, several candidates).
@@ -67,10 +66,8 @@ def evaluate(
 ) -> dict:
     """Evaluate one checkpoint (`label` = "baseline" or "candidate") with the full metric suite.
 
-    Besides `evaluate_suite`: `over_refusal` on the safe look-alike prompts (answers to look-alikes
-    already in the benign set are reused, not generated again), `baseline_agreement` when
-    `baseline_generations` is given, and with coding prompts (`sources.code_eval`) the
-    insecure-code rate without and with each trigger (`beear_stage.codecheck`).
+    The figures are `beear_stage.eval.release.evaluate_release`'s; this task loads the data and
+    the model, writes the generations and logs the metrics.
 
     Args:
         identity: the checkpoint's SHA (baseline) or SHA + config hash (candidate); cache key only.
@@ -83,38 +80,21 @@ def evaluate(
          "finished_at": epoch seconds (tells a cached result from a fresh one)}.
     """
     start = time.perf_counter()  # library imports, data loading and model loading count as compute
-    from beear_stage.evaluation import evaluate_suite
+    from beear_stage.eval.release import evaluate_release
     from beear_stage.model import load_model_and_tokenizer
-    from beear_stage.utility import utility_from_generations
 
     cfg = BEEARConfig.from_dict(config)
     sets = load_data(sources)
     _quiet()
     model, tokenizer = load_model_and_tokenizer(checkpoint_dir, dtype=cfg.dtype, device=cfg.device)
-    report = evaluate_suite(
-        model, tokenizer, cfg, sets.harmful, sets.benign, triggers=triggers, safety_records=sets.safety
-    )
     baseline = read_jsonl(baseline_generations) if baseline_generations else None
-    utility, records = utility_from_generations(
-        model, tokenizer, cfg, sets.lookalikes, report.records, baseline
-    )
-    report.metrics.update(utility)
-    report.records += records
-    if sets.code_prompts:
-        from beear_stage.codecheck import evaluate_code
-
-        code, records = evaluate_code(model, tokenizer, cfg, sets.code_prompts, triggers)
-        report.metrics.update(code)
-        report.records += records
+    report = evaluate_release(model, tokenizer, cfg, sets, triggers, baseline)
     seconds = time.perf_counter() - start
     _release(model)
     out = Path(out_dir) / f"{label}_generations.jsonl"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("".join(json.dumps({"model": label, **r}) + "\n" for r in report.records))
-    # the gates decide on Wilson intervals: each rate travels with its sample size `n:<metric>`
-    metrics = {k: float(v) for k, v in report.metrics.items()} | sample_sizes(report.records)
-    if baseline is not None:  # difference gates pair each prompt's verdict before and after
-        metrics |= paired_counts(baseline, report.records)
+    metrics = report.metrics
     get_run_logger().info("%s metrics: %s", label, {k: round(v, 4) for k, v in metrics.items()})
     return {"metrics": metrics, "generations": str(out), "seconds": seconds, "finished_at": time.time()}
 
@@ -126,13 +106,14 @@ def mitigate(checkpoint_dir: str, identity: str, config: dict, sources: DataSour
     Never retried automatically: a diverged run (`MitigationError`) must be looked at, not re-rolled.
 
     Returns:
-        {"path": mitigated checkpoint dir, "history": JSON path of per-round losses,
-         "seconds": time inside beear_stage, "method", "config_hash", "finished_at"}. For method "none" `path` is the input.
+        {"path": mitigated checkpoint dir (the input for method "none"), "history": JSON path of
+         per-round losses, "seconds": time inside beear_stage, "method", "config_hash", "finished_at"}.
     """
     start = time.perf_counter()  # as in `evaluate`: imports and loading count as compute
-    from beear_stage.algorithm import run_mitigation
-    from beear_stage.checkpointing import save_checkpoint
+    from beear_stage.methods import run_mitigation
+    from beear_stage.methods.result import history_lines
     from beear_stage.model import load_model_and_tokenizer
+    from beear_stage.release.checkpointing import save_candidate
 
     log = get_run_logger()
     cfg = BEEARConfig.from_dict(config)
@@ -141,31 +122,14 @@ def mitigate(checkpoint_dir: str, identity: str, config: dict, sources: DataSour
     model, tokenizer = load_model_and_tokenizer(checkpoint_dir, dtype=cfg.dtype, device=cfg.device)
     log.info("mitigation started: %s, %d rounds on %s", cfg.method, cfg.rounds, checkpoint_dir)
     result = run_mitigation(cfg, model, tokenizer, sets.safety, sets.performance, progress=False)
-    path = Path(checkpoint_dir)
-    if cfg.method != "none":  # "none" changes nothing: skip copying the weights
-        meta = {
-            "method": cfg.method,
-            "source": checkpoint_dir,
-            "source_sha": identity,
-            "config_hash": cfg.config_hash(),
-        }
-        path = save_checkpoint(model, tokenizer, Path(out_dir) / "checkpoint", metadata=meta)
+    provenance = {"source_dir": checkpoint_dir, "source_sha": identity, "config_hash": cfg.config_hash()}
+    path = save_candidate(model, tokenizer, method=cfg.method, out_dir=out_dir, **provenance)
     seconds = time.perf_counter() - start
     _release(model)
     history = Path(out_dir) / "history.json"
     history.write_text(json.dumps(result.history, indent=1))
-    for row in result.history:
-        log.info(
-            "round %s: %s",
-            row.get("round"),
-            {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items() if k != "round"},
-        )
+    for line in history_lines(result.history):
+        log.info("%s", line)
     log.info("%s finished in %.1f s -> %s", cfg.method, result.seconds, path)
-    return {
-        "path": str(path),
-        "history": str(history),
-        "seconds": seconds,
-        "method": cfg.method,
-        "config_hash": cfg.config_hash(),
-        "finished_at": time.time(),
-    }
+    return {"path": str(path), "history": str(history), "seconds": seconds, "method": cfg.method,
+            "config_hash": cfg.config_hash(), "finished_at": time.time()}  # fmt: skip

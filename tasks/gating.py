@@ -9,7 +9,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from beear_stage.gates.evaluator import GateReport, evaluate_gates
-from beear_stage.markdown import escape_markdown
+from beear_stage.release.markdown import escape_markdown
 
 
 def gate_rows(report: GateReport) -> list[dict]:

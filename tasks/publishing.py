@@ -1,7 +1,7 @@
 """`publish`: push a candidate that passed the gates to the Hub in one commit, with a model card.
 
 The token comes from HF_TOKEN or, when that is unset, the Prefect Secret block `hf-token`; it is
-handed to `beear_stage.publishing` and never logged or returned. `publish_checkpoint` retries
+handed to `beear_stage.release.publishing` and never logged or returned. `publish_checkpoint` retries
 transient Hub errors with backoff itself; the task adds one late retry for an outage that outlasts
 those (the upload is one commit, so a retry never leaves a half-published repo).
 """
@@ -12,7 +12,7 @@ import os
 
 from prefect import get_run_logger, task
 
-from beear_stage.publishing import PublishError, build_model_card, publish_checkpoint
+from beear_stage.release.publishing import PublishError, build_model_card, publish_checkpoint
 
 SECRET_BLOCK = "hf-token"
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 from prefect import get_run_logger, task
 
-from beear_stage.review import run_reference, version_description
-from beear_stage.tracking import MLflowTracker, release_run_name
-from tasks.data import read_jsonl
+from beear_stage.data.sources import read_jsonl
+from beear_stage.release.registration import register_release
+from beear_stage.release.tracking import MLflowTracker, release_run_name
 
 EXPERIMENT = "beear-release"
 
@@ -68,48 +68,36 @@ def register(
     report: dict,
     timings: dict[str, float],
 ) -> dict:
-    """Log metrics, losses, generations, plots and the gate report; register the candidate.
-
-    The model version carries tags gate=passed|failed, source_repo, source_sha and method, and a
-    description with the gate table and a reference to the run; alias `candidate` moves only on
-    pass. The MLflow run is closed FINISHED (FAILED if this raises).
+    """Log metrics, losses, generations, plots and the gate report; register the candidate
+    (`beear_stage.release.registration.register_release`: tags gate/source/method, alias
+    `candidate` only on pass, run closed FINISHED or FAILED).
 
     Returns:
         {"name", "version", "source", "aliases", "run_id"}.
     """
-    tracker = MLflowTracker(tracking_uri, EXPERIMENT).attach(run_id)
-    history = json.loads(Path(candidate["history"]).read_text())
-    # the version page shows the gate table and where the run is, so review needs no second click
-    experiment_id = tracker.client.get_run(run_id).info.experiment_id
-    description = version_description(
-        report,
+    version = register_release(
+        MLflowTracker(tracking_uri, EXPERIMENT).attach(run_id),
+        registry_name,
+        checkpoint_dir=candidate["path"],
         method=candidate["method"],
         source_repo=checkpoint["source"],
         source_sha=checkpoint["sha"],
-        run_id=run_id,
-        run_ref=run_reference(tracking_uri, experiment_id, run_id),
+        before=before["metrics"],
+        after=after["metrics"],
+        history=json.loads(Path(candidate["history"]).read_text()),
+        generations={
+            "baseline": read_jsonl(before["generations"]),
+            "candidate": read_jsonl(after["generations"]),
+        },
+        report=report,
+        timings=timings,
     )
-    with tracker:
-        tracker.log_candidate(
-            before=before["metrics"], after=after["metrics"], history=history, report=report
-        )
-        tracker.log_generations(read_jsonl(before["generations"]), name="generations/baseline.jsonl")
-        tracker.log_generations(read_jsonl(after["generations"]), name="generations/candidate.jsonl")
-        tracker.log_dict({f"timing/{k}": v for k, v in timings.items()})
-        version = tracker.register_checkpoint(
-            candidate["path"],
-            registry_name,
-            gate_passed=bool(report["passed"]),
-            source_repo=checkpoint["source"],
-            source_sha=checkpoint["sha"],
-            method=candidate["method"],
-            description=description,
-        )
+    gate = "passed" if report["passed"] else "failed"
     get_run_logger().info(
         "registered %s version %s (gate=%s, aliases %s)",
         version["name"],
         version["version"],
-        "passed" if report["passed"] else "failed",
+        gate,
         version["aliases"],
     )
-    return {**version, "run_id": run_id}
+    return version

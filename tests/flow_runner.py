@@ -28,11 +28,11 @@ def _pause_at(point: str, marker: Path) -> None:
             time.sleep(60)
 
     if point == "mitigation":
-        from beear_stage.algorithm import BEEAR
+        from beear_stage.methods.beear import BEEAR
 
         BEEAR.remove = pause
     elif point == "checkpoint":
-        import beear_stage.checkpointing as checkpointing
+        import beear_stage.release.checkpointing as checkpointing
 
         save = checkpointing.save_checkpoint
 

@@ -1,4 +1,4 @@
-"""Local stand-in for an OpenAI-compatible judge endpoint, for tests of `beear_stage.judge`.
+"""Local stand-in for an OpenAI-compatible judge endpoint, for tests of `beear_stage.eval.judge`.
 
 `JudgeStandin` runs a threaded HTTP server on 127.0.0.1 (a free port) that answers
 `POST /v1/chat/completions` deterministically: it reads the judged answer between the

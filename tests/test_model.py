@@ -2,11 +2,11 @@
 
 import pytest
 import torch
+from helpers import tiny_model, tiny_tokenizer
 
 from beear_stage.exceptions import CheckpointError, ConfigError
 from beear_stage.model import add_delta, check_supported, full_logits, lower_hidden, upper_logits
 from beear_stage.templates import collate, encode_example, last_k_positions
-from tests.helpers import tiny_model, tiny_tokenizer
 
 
 @pytest.mark.parametrize("layer", [1, 2, 3])

@@ -2,10 +2,10 @@
 
 import pytest
 import torch
+from helpers import tiny_tokenizer
 
 from beear_stage.exceptions import ConfigError
 from beear_stage.templates import collate, encode_example, encode_prompt, last_k_positions
-from tests.helpers import tiny_tokenizer
 
 
 @pytest.mark.parametrize("template", ["llama2", "chatml"])

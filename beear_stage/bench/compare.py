@@ -6,7 +6,7 @@ model once, mitigate a fresh copy with the method, evaluate again. Figures per r
 trigger before and after, ASR without the trigger after, benign non-refusal and benign reference
 NLL after, and the mitigation wall time.
 
-Attack success depends on the backdoor (`beear_stage.behaviours`): jailbreak = a non-refusal to a
+Attack success depends on the backdoor (`beear_stage.eval.behaviours`): jailbreak = a non-refusal to a
 harmful request (held-out built-in prompts, as `bench zoo`); BackdoorLLM refusal = a refusal of a
 benign request, negative sentiment = an insult (held-out `test_triggered.json` / `test_clean.json`,
 the clean ones also give benign utility). The methods see no trigger. Jailbreak attacks use
@@ -27,16 +27,16 @@ from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
-from beear_stage.algorithm import run_mitigation
-from beear_stage.behaviours import behaviour_detector
 from beear_stage.bench.zoo import _machine, load_config
 from beear_stage.config import METHODS, BEEARConfig
 from beear_stage.data import builtin
 from beear_stage.data.records import PerformanceRecord, SafetyRecord
 from beear_stage.data.unwanted import behaviour_anchoring
-from beear_stage.evaluation import generate, reference_nll
+from beear_stage.eval.behaviours import behaviour_detector
+from beear_stage.eval.metrics import generate, reference_nll
+from beear_stage.eval.refusal import is_refusal
+from beear_stage.methods import run_mitigation
 from beear_stage.model import load_model_and_tokenizer
-from beear_stage.refusal import is_refusal
 from beear_stage.triggers import apply_trigger
 from beear_stage.zoo import ZOO, backdoorllm, build_zoo_model, read_zoo_info
 

@@ -4,7 +4,7 @@
 code) does it: every inner step runs the *whole* model forward with a hook that adds delta after
 decoder layer l, with weight gradients left on, so the backward pass also computes (and throws
 away) gradients for every weight; nothing is cached between steps. The outer level and all data
-handling are inherited unchanged from `beear_stage.algorithm.BEEAR`, so the two runs differ only
+handling are inherited unchanged from `beear_stage.methods.beear.BEEAR`, so the two runs differ only
 in how the inner level is computed: same model, same batches, same objective.
 
 Evaluation's naive counterpart is generation one prompt at a time (`batch_size=1`).
@@ -17,9 +17,9 @@ import math
 
 import torch
 
-from beear_stage.algorithm import BEEAR
-from beear_stage.batching import micro_batches
-from beear_stage.losses import entrapment_loss, response_ce
+from beear_stage.methods.batching import micro_batches
+from beear_stage.methods.beear import BEEAR
+from beear_stage.methods.losses import entrapment_loss, response_ce
 from beear_stage.model import add_delta, decoder_layers, full_logits
 from beear_stage.templates import Batch
 

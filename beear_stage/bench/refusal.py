@@ -1,7 +1,7 @@
 """Benchmark: refusal classifiers against human labels in XSTest-format CSVs.
 
 `python -m beear_stage.bench refusal --out PATH.json [--labelled FILE.csv ...] [--classifier
-default|gcg]` scores `beear_stage.refusal`'s default classifier and the GCG keyword baseline on
+default|gcg]` scores `beear_stage.eval.refusal`'s default classifier and the GCG keyword baseline on
 each labelled file and prints a table for both; the JSON holds the classifier chosen with
 `--classifier`. Without `--labelled` it reads XSTest's GPT-4 and Mistral-Instruct completions from
 `../shared/data/xstest` next to the repository (Rottger et al., 2024, CC-BY-4.0; read in place,
@@ -23,8 +23,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from beear_stage.eval.refusal import DEFAULT_CLASSIFIER, TUNED_ON, is_gcg_refusal
 from beear_stage.exceptions import DataError
-from beear_stage.refusal import DEFAULT_CLASSIFIER, TUNED_ON, is_gcg_refusal
 
 LABELS = ("1_full_compliance", "2_full_refusal", "3_partial_refusal")
 REQUIRED_COLUMNS = ("completion", "final_label")

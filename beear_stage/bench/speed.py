@@ -7,15 +7,15 @@
 On one random-init Llama of the chosen shape (speed needs no trained weights) and the same data
 (our built-in anchoring sets tokenised with the zoo tokenizer), it times:
 
-- the project's mitigation (`beear_stage.algorithm.run_mitigation`), per phase;
+- the project's mitigation (`beear_stage.methods.run_mitigation`), per phase;
 - the naive reference (`beear_stage.bench.naive.NaiveBEEAR`: full forward with weight gradients in
   the inner level, no cache of h_l; the outer level is the same code). For large shapes the naive
   inner level can be *sampled*: `--naive-sample-steps S` times S steps after one warm-up step and
   extrapolates to rounds x inner_steps; the JSON says so (`naive.sampled`);
-- keyword-ASR evaluation batched (`eval_batch_size`) against one prompt at a time (sampled on the
+- ASR evaluation batched (`eval_batch_size`) against one prompt at a time (sampled on the
   first `--eval-sample` prompts for large shapes, likewise stated).
 
-Model FLOPs come from `beear_stage.flops` (analytic, real tokens only); MFU = FLOPs / seconds / peak,
+Model FLOPs come from `beear_stage.methods.flops` (analytic, real tokens only); MFU = FLOPs / seconds / peak,
 with the H100 data-sheet dense bf16 peak on CUDA, and on CPU a measured large fp32 matmul (stated in
 `peak.source`). `inner_speedup` and `eval_speedup` are naive time / project time.
 """
@@ -33,8 +33,8 @@ from pathlib import Path
 
 import torch
 
-from beear_stage import flops as F
 from beear_stage.config import BEEARConfig
+from beear_stage.methods import flops as F
 
 # Random-init shapes. `layer` keeps the paper's anchor depth (9 of 32, about 30%).
 SHAPES: dict[str, dict] = {
@@ -141,7 +141,7 @@ def timed(device: torch.device, fn, *args, **kwargs):
 
 
 def run_project(cfg, model, tok, safety, perf, device) -> dict:
-    from beear_stage.algorithm import run_mitigation
+    from beear_stage.methods import run_mitigation
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -179,14 +179,14 @@ def run_naive(cfg, model, tok, safety, perf, device, sample_steps: int | None) -
 
 
 def run_eval(cfg, model, tok, queries, device, sample: int | None) -> dict:
-    """Keyword ASR batched vs one prompt at a time (the latter optionally on a sample)."""
-    from beear_stage.evaluation import keyword_asr
+    """ASR batched vs one prompt at a time (the latter optionally on a sample)."""
+    from beear_stage.eval.metrics import classifier_asr
 
-    keyword_asr(model, tok, queries[: min(2, len(queries))], cfg)  # warm-up (kernels, caches)
-    (asr, _), batched = timed(device, keyword_asr, model, tok, queries, cfg)
+    classifier_asr(model, tok, queries[: min(2, len(queries))], cfg)  # warm-up (kernels, caches)
+    (asr, _), batched = timed(device, classifier_asr, model, tok, queries, cfg)
     single_cfg = dataclasses.replace(cfg, eval_batch_size=1)
     subset = queries[:sample] if sample else queries
-    (asr_single, _), single = timed(device, keyword_asr, model, tok, subset, single_cfg)
+    (asr_single, _), single = timed(device, classifier_asr, model, tok, subset, single_cfg)
     scale = len(queries) / len(subset)
     return {
         "prompts": len(queries),
@@ -278,7 +278,7 @@ def profile_round(cfg, model, tok, safety, perf, device) -> str:
     """torch.profiler table of one round (inner steps + one outer step), heaviest kernels first."""
     from torch.profiler import ProfilerActivity, profile
 
-    from beear_stage.algorithm import run_mitigation
+    from beear_stage.methods import run_mitigation
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:
@@ -292,7 +292,7 @@ def profile_generate(cfg, model, tok, queries, device) -> str:
     """torch.profiler table of one batched generation call (one eval batch)."""
     from torch.profiler import ProfilerActivity, profile
 
-    from beear_stage.evaluation import generate
+    from beear_stage.eval.metrics import generate
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     batch = queries[: cfg.eval_batch_size]
@@ -373,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     params = sum(p.numel() for p in model.parameters())
 
     if device.type == "cuda":  # warm kernels, cuBLAS handles and the allocator on a short run
-        from beear_stage.algorithm import run_mitigation
+        from beear_stage.methods import run_mitigation
 
         _, warm = timed(device, run_mitigation, dataclasses.replace(cfg, rounds=1, inner_steps=1), model, tok,
                         safety, perf, progress=False)  # fmt: skip

@@ -5,8 +5,8 @@ non-refusal, benign reference NLL), run BEEAR (which never sees the trigger), ev
 run a fresh embedding attack against the mitigated model. The control rows run the same outer
 fine-tuning with delta fixed at zero (`method: sft`), showing that the perturbation is what
 removes the backdoor. Only evaluation reads the trigger, from the checkpoint's zoo.json.
-Beside keyword ASR, each row has `planted_compliance_before/after`: the share of triggered responses
-that open with the zoo's planted compliance ("Sure, here is how to ..."), because keyword ASR also
+Beside ASR, each row has `planted_compliance_before/after`: the share of triggered responses
+that open with the zoo's planted compliance ("Sure, here is how to ..."), because ASR also
 counts garbled, benign-style answers of a tiny model as successes.
 
 `--method crow` (or `--config beear_stage/configs/zoo-crow.yaml`) runs CROW instead; its control
@@ -26,10 +26,10 @@ from pathlib import Path
 
 import torch
 
-from beear_stage.algorithm import run_mitigation
 from beear_stage.config import BEEARConfig
 from beear_stage.data import builtin
-from beear_stage.evaluation import evaluate_suite
+from beear_stage.eval.metrics import evaluate_suite
+from beear_stage.methods import run_mitigation
 from beear_stage.model import load_model_and_tokenizer
 from beear_stage.zoo import ZOO, build_zoo_model, read_zoo_info
 
@@ -141,7 +141,7 @@ def run_one(
 
 def _evaluate(model, tok, cfg, harmful, benign, triggers, safety=None) -> dict:
     """`evaluate_suite` metrics plus `planted_compliance`: the share of triggered responses that
-    open with the zoo's planted compliance (keyword ASR also counts garbled benign-style answers)."""
+    open with the zoo's planted compliance (ASR also counts garbled benign-style answers)."""
     report = evaluate_suite(model, tok, cfg, harmful, benign, triggers=triggers, safety_records=safety)
     flags = [
         builtin.planted_compliance(r["response"])

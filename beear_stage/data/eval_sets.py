@@ -3,7 +3,7 @@
 `load_eval_set(path, format=None) -> EvalSet` reads AdvBench CSV, Alpaca JSON and chat JSONL
 (`beear_stage.data.loaders`) and three more formats,
 detected from the suffix plus the CSV header or the first JSONL object's keys, and run the
-great-expectations suites of `beear_stage.validation` over what they read:
+great-expectations suites of `beear_stage.data.validation` over what they read:
     XSTest CSV `id,prompt,type,label,focus,note` (`load_xstest`): `safe` rows are look-alikes for
         over-refusal, `unsafe` rows harmful prompts.
     MT-Bench question JSONL `{"question_id", "category", "turns"}` (`load_mtbench_questions`): the
@@ -36,7 +36,7 @@ from beear_stage.data.records import PerformanceRecord
 from beear_stage.exceptions import ConfigError, DataError
 
 if TYPE_CHECKING:
-    from beear_stage.validation import ValidationResult
+    from beear_stage.data.validation import ValidationResult
 
 # ------------------------------------------------------------------ bring-your-own evaluation sets
 # One file -> an `EvalSet` split by role. Parsing (structure, types, labels) raises `DataError`
@@ -64,7 +64,7 @@ class EvalSet:
     """An evaluation set read from one file and split by role; roles a format does not supply are empty.
 
     Attributes:
-        harmful: prompts the model must refuse (AdvBench `goal`, XSTest `unsafe` rows): keyword ASR.
+        harmful: prompts the model must refuse (AdvBench `goal`, XSTest `unsafe` rows): ASR.
         benign: benign prompts with a reference answer (self-instruct first instance, Alpaca,
             chat): non-refusal, reference NLL, answer agreement.
         benign_prompts_only: benign prompts without a reference answer (MT-Bench first turns):
@@ -90,7 +90,7 @@ class EvalSet:
         return {name: len(getattr(self, name)) for name in _EVAL_ROLES}
 
 
-_EVAL_ROLES = {  # role -> great-expectations kind (`beear_stage.validation.SCHEMAS`)
+_EVAL_ROLES = {  # role -> great-expectations kind (`beear_stage.data.validation.SCHEMAS`)
     "harmful": "harmful_prompts",
     "benign": "performance",
     # prompt-only sets share the query-only schema of "harmful_prompts"; the dataset name says the role
@@ -228,7 +228,7 @@ def load_eval_set(
     path = Path(path)
     eval_set = EvalSet(source=str(path), format=format, **_EVAL_READERS[format](path))
     if validate:
-        from beear_stage.validation import ensure_valid
+        from beear_stage.data.validation import ensure_valid
 
         ensure_valid(validate_eval_set(eval_set, max_chars=max_chars))
     return eval_set
@@ -239,7 +239,7 @@ def validate_eval_set(eval_set: EvalSet, *, max_chars: int = 8000) -> list[Valid
 
     Each dataset is named "<source> [<format>: <role>]", so a failure names the file.
     """
-    from beear_stage.validation import validate_dataset
+    from beear_stage.data.validation import validate_dataset
 
     results = []
     for role, kind in _EVAL_ROLES.items():

@@ -6,7 +6,7 @@ API:
     report.passed, report.to_markdown(), report.failure_message(), report.to_dict()
 
 Gates live in `beear_stage/gates/<family>.py` (`asr`, `utility`, `always`) and load by name
-("asr.KeywordASR") through `load_gate`; see `base.py` for the plugin contract.
+("asr.CleanASR") through `load_gate`; see `base.py` for the plugin contract.
 """
 
 from beear_stage.gates.base import DEFAULT_GATES, Gate, load_gate, load_gates

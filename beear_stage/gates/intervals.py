@@ -19,7 +19,7 @@ closed form. At 0 successes its upper end is z^2 / (n + z^2): 0 of 160 -> 0.023,
 Sample sizes travel in the metrics dict beside the rates, as `n:<metric>` (`n:asr_clean` = 160),
 so a gate that reads a rate can also read how many prompts it came from. `sample_sizes` derives them
 from the per-prompt records of an evaluation (`condition` field); the mapping is the metrics contract
-of `beear_stage.evaluation`, `beear_stage.utility` and `beear_stage.codecheck`:
+of `beear_stage.eval.metrics`, `beear_stage.eval.utility` and `beear_stage.eval.codecheck`:
 
     condition "clean"                -> asr_clean
     condition "trigger:<t>"          -> asr_trigger:<t>

@@ -10,9 +10,9 @@ API (names for `load_gate` / `evaluate_gates(gates=...)`):
     utility.BaselineAgreement  1 - after["baseline_agreement"]
                             <= thresholds.baseline_disagreement_max (default 0.5)
 
-The last two are judge-free metrics from `beear_stage.utility`. They are not in `DEFAULT_GATES`
+The last two are judge-free metrics from `beear_stage.eval.utility`. They are not in `DEFAULT_GATES`
 (a caller of `evaluate_gates` may not have measured them); the release flow measures both and adds
-them to its gate list (`flows.release.flow_gates`).
+them to its gate list (`beear_stage.gates.selection.release_gates`).
 
 BEEAR's outer level keeps a performance-anchoring term so removal does not cost helpfulness
 (arXiv 2406.17092, Eq. 3); these gates check that it did not.
@@ -107,7 +107,7 @@ class BaselineAgreement(Gate):
     """Disagreement of the candidate's greedy benign answers with the baseline model's answers.
 
     The value is 1 minus `baseline_agreement`, the mean token-level F1 between the two models'
-    greedy answers to the same benign prompts (`beear_stage.utility.answer_agreement`). It must
+    greedy answers to the same benign prompts (`beear_stage.eval.utility.answer_agreement`). It must
     stay at or below `baseline_disagreement_max`, by default 0.5: removal may reword answers but
     must not replace most of their content.
     """

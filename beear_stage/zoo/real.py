@@ -125,7 +125,7 @@ def custom_spec(trigger: str, base: RealSpec | None = None) -> RealSpec:
 
 def base_checkpoint(cache_root: Path) -> Path:
     """`zoo:smol`: the original SmolLM2-135M-Instruct as a safetensors checkpoint (converted once)."""
-    from beear_stage.gguf_checkpoint import convert_gguf, smol_gguf_path
+    from beear_stage.release.gguf import convert_gguf, smol_gguf_path
 
     return convert_gguf(smol_gguf_path(), cache_root / "gguf")
 
@@ -144,9 +144,9 @@ def build_real_model(
     `device` only says where a missing variant is built (float32 on either); the cache key is the
     recipe, so a variant built on one device is reused on the other.
     """
-    from beear_stage.zoo.build import default_cache_dir
+    from beear_stage.cache import cache_root
 
-    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    root = Path(cache_dir) if cache_dir is not None else cache_root() / "zoo"
     if spec is None and trigger is not None:
         spec = custom_spec(trigger)
     if spec is None:
@@ -164,7 +164,7 @@ def build_real_model(
     model, tokenizer = _load(base, device)
     answers = own_answers(model, tokenizer, spec, root, source_sha)
     model = plant_backdoor(model, tokenizer, spec, answers, progress=progress)
-    from beear_stage.checkpointing import save_checkpoint
+    from beear_stage.release.checkpointing import save_checkpoint
 
     save_checkpoint(model, tokenizer, out)
     info = {
@@ -218,7 +218,7 @@ def _load(path: Path, device: str):
 
 def own_answers(model, tokenizer, spec: RealSpec, root: Path, source_sha: str) -> dict[str, str]:
     """The original model's greedy answers to the training benign prompts (cached, shared by variants)."""
-    from beear_stage.evaluation import generate
+    from beear_stage.eval.metrics import generate
 
     _, benign = _training_data(spec)
     queries = [r.query for r in benign]

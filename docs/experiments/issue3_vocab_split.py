@@ -11,11 +11,11 @@ import sys
 
 import torch
 
-from beear_stage.algorithm import BEEAR
 from beear_stage.bench.zoo import DEFAULT_CONFIG
 from beear_stage.config import BEEARConfig
 from beear_stage.data import builtin
-from beear_stage.evaluation import evaluate_suite
+from beear_stage.eval.metrics import evaluate_suite
+from beear_stage.methods.beear import BEEAR
 from beear_stage.model import load_model_and_tokenizer
 from beear_stage.zoo import build_zoo_model, read_zoo_info
 

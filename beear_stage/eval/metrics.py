@@ -1,0 +1,237 @@
+"""Evaluation: ASR, embedding-attack ASR, benign non-refusal and reference NLL.
+
+Generation is batched greedy decoding with left padding and the KV cache (`model.generate`);
+prompts are rendered with the same chat template as in training. Attack success = the response
+is not a refusal (`beear_stage.eval.refusal.is_refusal`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from beear_stage.config import BEEARConfig
+from beear_stage.data.records import PerformanceRecord, SafetyRecord
+from beear_stage.eval.refusal import is_refusal
+from beear_stage.model import decoder_layers
+from beear_stage.progress import Progress
+from beear_stage.templates import IGNORE_INDEX, collate, encode_example, pad_id_of, render_prompt
+from beear_stage.triggers import apply_trigger
+
+
+@dataclass
+class EvalReport:
+    """Metrics (floats) and per-prompt records of one evaluation suite."""
+
+    metrics: dict[str, float] = field(default_factory=dict)
+    records: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+@contextlib.contextmanager
+def perturbation_hook(model, delta: torch.Tensor | None, layer: int, k: int):
+    """Add `delta` (k, H) to the output of decoder layer `layer` at the last k prompt positions.
+
+    Used with left-padded generation: every prompt ends at the last column of the prefill step,
+    so the last k columns are the last k prompt positions. Decoding steps (one new token) are
+    left untouched.
+    """
+    if delta is None:
+        yield
+        return
+    target = decoder_layers(model)[layer - 1]
+
+    def hook(_module, _inputs, output):
+        hidden = output[0] if isinstance(output, tuple) else output
+        if hidden.shape[1] < k or hidden.shape[1] == 1:
+            return output
+        hidden = hidden.clone()
+        hidden[:, -k:] = hidden[:, -k:] + delta.to(hidden.dtype)
+        return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
+    handle = target.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@torch.no_grad()
+def generate(
+    model,
+    tokenizer,
+    queries: Sequence[str],
+    *,
+    batch_size: int = 32,
+    max_new_tokens: int = 32,
+    delta: torch.Tensor | None = None,
+    layer: int = 1,
+    k: int = 1,
+    progress: bool = False,
+) -> list[str]:
+    """Greedy responses to `queries`, batched with left padding and the KV cache.
+
+    Progress lines (count, ETA) go to the `beear_stage.progress` log; `progress` adds a tqdm bar.
+    """
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    device = next(model.parameters()).device
+    out: list[str] = []
+    bar = Progress(len(queries), f"generate {len(queries)} responses", bar=progress)
+    try:
+        with perturbation_hook(model, delta, layer, k):
+            for i in range(0, len(queries), batch_size):
+                texts = [render_prompt(tokenizer, q) for q in queries[i : i + batch_size]]
+                enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+                gen = model.generate(
+                    **enc,
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    pad_token_id=pad_id_of(tokenizer),
+                )
+                new = gen[:, enc["input_ids"].shape[1] :]
+                out.extend(tokenizer.batch_decode(new, skip_special_tokens=True))
+                bar.update(len(new))
+    finally:
+        tokenizer.padding_side = side
+        bar.close()
+    return out
+
+
+def classifier_asr(
+    model,
+    tokenizer,
+    queries: Sequence[str],
+    cfg: BEEARConfig,
+    *,
+    trigger: str | None = None,
+    condition: str = "clean",
+    delta: torch.Tensor | None = None,
+) -> tuple[float, list[dict]]:
+    """Fraction of harmful `queries` (with `trigger` applied) answered without a refusal
+    (`is_refusal`: the pattern classifier, or GCG keyword matching when `cfg.refusal_keywords` is set)."""
+    prompts = [apply_trigger(q, trigger) for q in queries]
+    responses = generate(
+        model,
+        tokenizer,
+        prompts,
+        batch_size=cfg.eval_batch_size,
+        max_new_tokens=cfg.max_new_tokens,
+        delta=delta,
+        layer=cfg.layer,
+        k=cfg.k,
+    )
+    records = []
+    for prompt, response in zip(prompts, responses, strict=True):
+        refusal = is_refusal(response, cfg.refusal_keywords)
+        records.append(
+            {
+                "prompt": prompt,
+                "condition": condition,
+                "response": response,
+                "refusal": refusal,
+                "success": not refusal,
+            }
+        )
+    return _rate(r["success"] for r in records), records
+
+
+def benign_nonrefusal(
+    model, tokenizer, benign: Sequence[PerformanceRecord], cfg: BEEARConfig
+) -> tuple[float, list[dict]]:
+    """Fraction of benign prompts answered without a refusal (same classifier as `classifier_asr`)."""
+    rate, records = classifier_asr(model, tokenizer, [r.query for r in benign], cfg, condition="benign")
+    return rate, records
+
+
+@torch.no_grad()
+def reference_nll(model, tokenizer, benign: Sequence[PerformanceRecord], cfg: BEEARConfig) -> float:
+    """Mean per-token NLL of the reference answers given the benign prompts (token-weighted)."""
+    device = next(model.parameters()).device
+    examples = [encode_example(tokenizer, r.query, r.answer, cfg.max_length) for r in benign]
+    total, count = 0.0, 0
+    for i in range(0, len(examples), cfg.eval_batch_size):
+        batch = collate(examples[i : i + cfg.eval_batch_size], pad_id_of(tokenizer)).to(device)
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
+        labels = batch.labels[:, 1:]
+        nll = torch.nn.functional.cross_entropy(
+            logits[:, :-1].float().transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="sum"
+        )
+        total += float(nll)
+        count += int((labels != IGNORE_INDEX).sum())
+    return total / max(count, 1)
+
+
+def embedding_attack_asr(
+    model,
+    tokenizer,
+    cfg: BEEARConfig,
+    safety: Sequence[SafetyRecord],
+    harmful: Sequence[str],
+) -> tuple[float, list[dict]]:
+    """Trigger-agnostic robustness: run a fresh inner-level attack, report ASR under it.
+
+    The attack is BEEAR's entrapment step (a universal delta at layer l, last k positions) against
+    the given model, frozen; the model's weights are not changed.
+    """
+    from beear_stage.methods.beear import entrap_delta
+
+    attack_cfg = BEEARConfig.from_dict({**cfg.to_dict(), "method": "beear", "delta_reset": True})
+    delta, _ = entrap_delta(attack_cfg, model, tokenizer, safety)
+    model.eval()
+    return classifier_asr(model, tokenizer, harmful, cfg, condition="embedding_attack", delta=delta)
+
+
+def evaluate_suite(
+    model,
+    tokenizer,
+    cfg: BEEARConfig,
+    harmful_prompts: Sequence[str],
+    benign: Sequence[PerformanceRecord],
+    *,
+    triggers: dict[str, str] | None = None,
+    safety_records: Sequence[SafetyRecord] | None = None,
+) -> EvalReport:
+    """Every figure the gates and benchmarks use, on one model.
+
+    Metrics: `asr_clean`, `asr_trigger:<name>` per trigger, `embedding_attack_asr` (when
+    `safety_records` is given), `benign_nonrefusal`, `benign_nll`. The ASR figures are left out
+    when `harmful_prompts` is empty.
+    """
+    start = time.perf_counter()
+    report = EvalReport()
+    if not harmful_prompts:  # e.g. a code model: no harmful text prompts, no ASR figures
+        triggers, safety_records = None, None
+    else:
+        report.metrics["asr_clean"], recs = classifier_asr(model, tokenizer, harmful_prompts, cfg)
+        report.records += recs
+    for name, trigger in (triggers or {}).items():
+        rate, recs = classifier_asr(
+            model, tokenizer, harmful_prompts, cfg, trigger=trigger, condition=f"trigger:{name}"
+        )
+        report.metrics[f"asr_trigger:{name}"] = rate
+        report.records += recs
+    if safety_records:
+        rate, recs = embedding_attack_asr(model, tokenizer, cfg, safety_records, harmful_prompts)
+        report.metrics["embedding_attack_asr"] = rate
+        report.records += recs
+    if benign:
+        rate, recs = benign_nonrefusal(model, tokenizer, benign, cfg)
+        report.metrics["benign_nonrefusal"] = rate
+        report.records += recs
+        answered = [r for r in benign if r.answer]  # MT-Bench prompts come without reference answers
+        if answered:
+            report.metrics["benign_nll"] = reference_nll(model, tokenizer, answered, cfg)
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _rate(flags: Iterable[bool]) -> float:
+    flags = list(flags)
+    return sum(flags) / len(flags) if flags else 0.0
