@@ -1,4 +1,5 @@
-"""Small shared builders for tests: a tokenizer trained on a few sentences and a random tiny Llama."""
+"""Small shared builders for tests: a tokenizer trained on a few sentences, a random tiny Llama, and
+the eager-vs-fast decoding comparison used on the zoo and on SmolLM2."""
 
 from __future__ import annotations
 
@@ -100,3 +101,50 @@ LENIENT_GATES = {
     "over_refusal_rise_max": 1.0,
     "baseline_disagreement_max": 1.0,
 }
+
+
+def eager_tokens(model, tokenizer, queries, batch_size, max_new_tokens) -> list[list[int]]:
+    """`model.generate` on left-padded batches in the order given, each row cut after its first EOS."""
+    from beear_stage.eval.decoding import eos_ids
+    from beear_stage.templates import pad_id_of, render_prompt
+
+    tokenizer.padding_side = "left"
+    stop, out = eos_ids(model), []
+    for i in range(0, len(queries), batch_size):
+        texts = [render_prompt(tokenizer, q) for q in queries[i : i + batch_size]]
+        enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        gen = model.generate(
+            **enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad_id_of(tokenizer)
+        )
+        for row in gen[:, enc["input_ids"].shape[1] :].tolist():
+            cut = next((j + 1 for j, t in enumerate(row) if t in stop), len(row))
+            out.append(row[:cut])
+    return out
+
+
+def fast_tokens(model, tokenizer, queries, batch_size, max_new_tokens, keep=2, hook=None) -> list[list[int]]:
+    """`beear_stage.eval.decoding.greedy_responses` on the same rendered prompts."""
+    from beear_stage.eval.decoding import greedy_responses
+    from beear_stage.templates import render_prompt
+
+    prompts = [tokenizer(render_prompt(tokenizer, q), add_special_tokens=False)["input_ids"] for q in queries]
+    kwargs = {"prompt_hook": hook} if hook else {}
+    return greedy_responses(
+        model, prompts, batch_size=batch_size, max_new_tokens=max_new_tokens, keep=keep, **kwargs
+    )
+
+
+def assert_same_tokens(model, tokenizer, queries, *, batch_size, max_new_tokens, delta=None, layer=1, k=1):
+    """Tokens and texts of both engines agree, with and without a perturbation `delta`."""
+    from beear_stage.eval.metrics import generate, perturbation_hook
+
+    with perturbation_hook(model, delta, layer, k):
+        eager = eager_tokens(model, tokenizer, queries, batch_size, max_new_tokens)
+    hook = lambda: perturbation_hook(model, delta, layer, k)  # noqa: E731
+    fast = fast_tokens(model, tokenizer, queries, batch_size, max_new_tokens, keep=k, hook=hook)
+    assert fast == eager
+    kwargs = dict(batch_size=batch_size, max_new_tokens=max_new_tokens, delta=delta, layer=layer, k=k)
+    assert generate(model, tokenizer, queries, engine="fast", **kwargs) == generate(
+        model, tokenizer, queries, engine="eager", **kwargs
+    )
+    return eager

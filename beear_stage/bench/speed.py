@@ -1,11 +1,13 @@
 """Speed benchmark: the project's BEEAR against a naive reference loop, in one run.
 
-    python -m beear_stage.bench speed --out speed.json [--shape tiny|small|medium|llama2-7b]
+    python -m beear_stage.bench speed --out speed.json [--shape tiny|small|medium|llama2-7b|smol]
         [--n-safety N] [--n-perf N] [--device cpu|cuda] [--rounds R] [--inner-steps S]
         [--eval-prompts N] [--micro-batch M] [--naive-sample-steps S] [--eval-sample N]
 
 On one random-init Llama of the chosen shape (speed needs no trained weights) and the same data
-(our built-in anchoring sets tokenised with the zoo tokenizer), it times:
+(our built-in anchoring sets tokenised with the zoo tokenizer), it times the parts below. `--shape
+smol` is the real model instead (`zoo:smol`, SmolLM2-135M-Instruct with its own tokenizer,
+anchored as the `smol` deployment: layer 6, k 5), whose responses end with EOS as in a release.
 
 - the project's mitigation (`beear_stage.methods.run_mitigation`), per phase;
 - the naive reference (`beear_stage.bench.naive.NaiveBEEAR`: full forward with weight gradients in
@@ -42,7 +44,10 @@ SHAPES: dict[str, dict] = {
     "small": dict(hidden=256, layers=8, heads=8, intermediate=704, vocab=None, layer=2),
     "medium": dict(hidden=512, layers=8, heads=8, intermediate=1408, vocab=None, layer=2),
     "llama2-7b": dict(hidden=4096, layers=32, heads=32, intermediate=11008, vocab=32000, layer=9),
+    # the real model (trained weights, its own tokenizer); anchor as deployments/configs/smol.yaml
+    "smol": dict(hidden=576, layers=30, heads=9, intermediate=1536, vocab=49152, layer=6, k=5),
 }
+REAL_SHAPES = {"smol": "smol"}  # shape -> zoo model
 
 
 # ---------------------------------------------------------------------------------------- set-up
@@ -106,7 +111,7 @@ def bench_config(args, shape: str, device: torch.device) -> BEEARConfig:
     """Paper-scale settings: every inner step and every outer step covers the whole anchoring sets."""
     overrides = dict(
         layer=SHAPES[shape]["layer"],
-        k=7,
+        k=SHAPES[shape].get("k", 7),
         device=device.type,
         rounds=args.rounds,
         inner_steps=args.inner_steps,
@@ -179,8 +184,9 @@ def run_naive(cfg, model, tok, safety, perf, device, sample_steps: int | None) -
 
 
 def run_eval(cfg, model, tok, queries, device, sample: int | None) -> dict:
-    """ASR batched vs one prompt at a time (the latter optionally on a sample)."""
-    from beear_stage.eval.metrics import classifier_asr
+    """ASR batched vs one prompt at a time (the latter optionally on a sample), and the fast
+    engine against eager `model.generate` on the same prompts (`eval_fast_speedup`, same tokens)."""
+    from beear_stage.eval.metrics import classifier_asr, generate
 
     classifier_asr(model, tok, queries[: min(2, len(queries))], cfg)  # warm-up (kernels, caches)
     (asr, _), batched = timed(device, classifier_asr, model, tok, queries, cfg)
@@ -188,10 +194,15 @@ def run_eval(cfg, model, tok, queries, device, sample: int | None) -> dict:
     subset = queries[:sample] if sample else queries
     (asr_single, _), single = timed(device, classifier_asr, model, tok, subset, single_cfg)
     scale = len(queries) / len(subset)
+    kwargs = dict(batch_size=cfg.eval_batch_size, max_new_tokens=cfg.max_new_tokens)
+    eager, eager_seconds = timed(device, generate, model, tok, queries, engine="eager", **kwargs)
+    stats: dict = {}
+    fast, fast_seconds = timed(device, generate, model, tok, queries, engine="fast", stats=stats, **kwargs)
     return {
         "prompts": len(queries),
         "batch_size": cfg.eval_batch_size,
         "max_new_tokens": cfg.max_new_tokens,
+        "engine": "fast",
         "batched_seconds": batched,
         "one_at_a_time_seconds": single * scale,
         "one_at_a_time_sampled": bool(sample) and len(subset) < len(queries),
@@ -199,6 +210,15 @@ def run_eval(cfg, model, tok, queries, device, sample: int | None) -> dict:
         "asr_batched": asr,
         "asr_one_at_a_time_on_measured": asr_single,
         "generated_tokens_per_s_batched": len(queries) * cfg.max_new_tokens / batched,
+        "eager_seconds": eager_seconds,
+        "fast_seconds": fast_seconds,
+        "fast_same_responses": fast == eager,
+        "fast_differing_responses": sum(a != b for a, b in zip(fast, eager, strict=True)),
+        "fast_prefill_seconds": stats["prefill_seconds"],
+        "fast_step_seconds": stats["step_seconds"],
+        "fast_steps": stats["steps"],
+        "fast_mean_rows_per_step": stats["row_steps"] / max(stats["steps"], 1),
+        "step_ms": 1000 * stats["step_seconds"] / max(stats["steps"], 1),
     }
 
 
@@ -315,6 +335,10 @@ def summarise(report: dict) -> str:
         ("eval batched / single s", f"{ev['batched_seconds']:.2f} / {ev['one_at_a_time_seconds']:.2f}"
          f"{' (sampled)' if ev['one_at_a_time_sampled'] else ''}"),
         ("eval_speedup", f"{report['eval_speedup']:.2f}x"),
+        ("eval eager / fast s", f"{ev['eager_seconds']:.2f} / {ev['fast_seconds']:.2f}, "
+         f"same responses: {ev['fast_same_responses']}"),
+        ("eval_fast_speedup", f"{report['eval_fast_speedup']:.2f}x"),
+        ("eval_step_ms", f"{report['eval_step_ms']:.1f} (mean rows {ev['fast_mean_rows_per_step']:.1f})"),
         ("MFU (mitigation)", f"{p['mfu']:.1%} of {report['peak']['flops_per_s']:.3g} FLOP/s"),
         ("achieved FLOP/s", f"{p['achieved_flops_per_s']:.3g}"),
         ("tokens/s (inner, outer)", f"{p['tokens_per_s']['inner']:.0f}, {p['tokens_per_s']['outer']:.0f}"),
@@ -366,9 +390,18 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    tok = zoo_tokenizer()
     safety, perf, queries = load_data(args.n_safety, args.n_perf, args.eval_prompts, args.response_repeat)
-    model = build_model(args.shape, tok, device, dtype, args.seed)
+    if args.shape in REAL_SHAPES:
+        from beear_stage.model import load_model_and_tokenizer
+        from beear_stage.zoo import build_zoo_model
+
+        path = build_zoo_model(REAL_SHAPES[args.shape], progress=False)
+        model, tok = load_model_and_tokenizer(
+            path, dtype=str(dtype).removeprefix("torch."), device=device.type
+        )
+    else:
+        tok = zoo_tokenizer()
+        model = build_model(args.shape, tok, device, dtype, args.seed)
     cfg = bench_config(args, args.shape, device)
     params = sum(p.numel() for p in model.parameters())
 
@@ -425,6 +458,8 @@ def main(argv: list[str] | None = None) -> int:
         "eval": evaluation,
         "inner_speedup": naive["phase_seconds"]["inner"] / ps["inner"],
         "eval_speedup": evaluation["one_at_a_time_seconds"] / evaluation["batched_seconds"],
+        "eval_fast_speedup": evaluation["eager_seconds"] / evaluation["fast_seconds"],
+        "eval_step_ms": evaluation["step_ms"],
         "mfu": project["mfu"],
         "mitigation_pflop": work / 1e15,
         "seconds": project["seconds"],

@@ -2,6 +2,8 @@
 
     metrics.py     greedy generation, ASR (with and without triggers), benign non-refusal,
                    reference NLL, embedding-attack ASR, `evaluate_suite`
+    decoding.py    the fast greedy engine behind `metrics.generate` (shared prefill, length buckets,
+                   finished rows leave the batch): the tokens of `model.generate`
     refusal.py     the refusal classifier (transparent patterns) and GCG keyword matching
     behaviours.py  what counts as attack success per backdoor target (compliance, refusal, insult)
     utility.py     over-refusal on safe look-alikes, agreement with the baseline's answers

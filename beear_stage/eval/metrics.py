@@ -16,6 +16,7 @@ import torch
 
 from beear_stage.config import BEEARConfig
 from beear_stage.data.records import PerformanceRecord, SafetyRecord
+from beear_stage.eval.decoding import ENGINES, greedy_responses, plain_greedy
 from beear_stage.eval.refusal import is_refusal
 from beear_stage.model import decoder_layers
 from beear_stage.progress import Progress
@@ -72,11 +73,19 @@ def generate(
     layer: int = 1,
     k: int = 1,
     progress: bool = False,
+    engine: str = "fast",
+    stats: dict | None = None,
 ) -> list[str]:
-    """Greedy responses to `queries`, batched with left padding and the KV cache.
+    """Greedy responses to `queries`, batched with the KV cache.
 
+    `engine` "fast" (`beear_stage.eval.decoding`: shared prefill, length buckets, finished rows
+    dropped) gives the tokens of "eager" (`model.generate` on left-padded batches in the order
+    given); a model whose generation config adds logits processors always takes "eager".
     Progress lines (count, ETA) go to the `beear_stage.progress` log; `progress` adds a tqdm bar.
+    `stats` receives the fast engine's prefill and step timings (`decoding.greedy_responses`).
     """
+    if engine not in ENGINES:
+        raise ValueError(f"engine={engine!r} is not one of {ENGINES}. Fix: pass 'fast' or 'eager'.")
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     if tokenizer.pad_token_id is None:
@@ -85,6 +94,20 @@ def generate(
     out: list[str] = []
     bar = Progress(len(queries), f"generate {len(queries)} responses", bar=progress)
     try:
+        if engine == "fast" and plain_greedy(model):
+            texts = [render_prompt(tokenizer, q) for q in queries]
+            prompts = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+            kept = greedy_responses(
+                model,
+                prompts,
+                batch_size=batch_size,
+                max_new_tokens=max_new_tokens,
+                keep=k if delta is not None else 1,
+                prompt_hook=lambda: perturbation_hook(model, delta, layer, k),
+                on_batch=bar.update,
+                stats=stats,
+            )
+            return tokenizer.batch_decode(kept, skip_special_tokens=True)
         with perturbation_hook(model, delta, layer, k):
             for i in range(0, len(queries), batch_size):
                 texts = [render_prompt(tokenizer, q) for q in queries[i : i + batch_size]]

@@ -162,3 +162,23 @@ def test_real_variant_backdoor_build_and_one_beear_round(smol_dir, tmp_path, mon
     ):
         assert key in report.metrics
     assert 0 < report.metrics["benign_nll"] < 20
+
+
+@pytest.mark.slow
+def test_fast_engine_gives_the_tokens_of_generate_on_smollm2(smol_dir):
+    """The real model (ChatML with its system prompt as the shared prefix; k = 5 header positions
+    under a perturbation): the fast evaluation engine returns `model.generate`'s tokens."""
+    import torch
+    from helpers import assert_same_tokens
+
+    from beear_stage.data import builtin
+    from beear_stage.model import load_model_and_tokenizer
+
+    model, tok = load_model_and_tokenizer(smol_dir, dtype="float32", device="cpu")
+    harmful = builtin.heldout_harmful()[:12]
+    queries = harmful + [r.query for r in builtin.heldout_benign()[:12]]
+    eager = assert_same_tokens(model, tok, queries, batch_size=8, max_new_tokens=24)
+    assert len({len(row) for row in eager}) > 1, "every row ran to the limit: no early stop was checked"
+    torch.manual_seed(0)
+    delta = torch.randn(5, model.config.hidden_size)
+    assert_same_tokens(model, tok, harmful[:8], batch_size=8, max_new_tokens=12, delta=delta, layer=6, k=5)
