@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 import time
 from pathlib import Path
@@ -41,6 +42,11 @@ from tasks import (
     register,
     validate_data,
 )
+
+# The library's progress lines (generation counts with an ETA, one line per BEEAR round) are INFO
+# records of `beear_stage.*` loggers. PREFECT_LOGGING_EXTRA_LOGGERS attaches Prefect's handlers to
+# them but leaves their level at the root's WARNING, which would drop every one of them.
+logging.getLogger("beear_stage").setLevel(logging.INFO)
 
 
 def resolve_config(config: str | dict[str, Any] | None) -> BEEARConfig:

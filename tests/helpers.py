@@ -134,8 +134,11 @@ def fast_tokens(model, tokenizer, queries, batch_size, max_new_tokens, keep=2, h
     )
 
 
-def assert_same_tokens(model, tokenizer, queries, *, batch_size, max_new_tokens, delta=None, layer=1, k=1):
-    """Tokens and texts of both engines agree, with and without a perturbation `delta`."""
+def assert_same_tokens(
+    model, tokenizer, queries, *, batch_size, max_new_tokens, delta=None, layer=1, k=1, texts=True
+):
+    """Tokens (and with `texts`, the decoded responses of `generate`) of both engines agree, with
+    and without a perturbation `delta`."""
     from beear_stage.eval.metrics import generate, perturbation_hook
 
     with perturbation_hook(model, delta, layer, k):
@@ -143,6 +146,8 @@ def assert_same_tokens(model, tokenizer, queries, *, batch_size, max_new_tokens,
     hook = lambda: perturbation_hook(model, delta, layer, k)  # noqa: E731
     fast = fast_tokens(model, tokenizer, queries, batch_size, max_new_tokens, keep=k, hook=hook)
     assert fast == eager
+    if not texts:
+        return eager
     kwargs = dict(batch_size=batch_size, max_new_tokens=max_new_tokens, delta=delta, layer=layer, k=k)
     assert generate(model, tokenizer, queries, engine="fast", **kwargs) == generate(
         model, tokenizer, queries, engine="eager", **kwargs

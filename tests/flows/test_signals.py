@@ -65,6 +65,8 @@ def test_signal_during_mitigation_stops_the_run_within_30_s(zoo_suffix, tmp_path
             assert proc.poll() is None, "".join(lines[-60:])
             assert time.monotonic() < deadline, "mitigation never started:\n" + "".join(lines[-60:])
             time.sleep(0.5)
+        # the library's progress lines reach the run log: the baseline's generation counts
+        assert any("responses: 0/" in line for line in lines), "".join(lines[-60:])
         time.sleep(2)  # inside the BEEAR loop
         started = [p.pid for p in _session(proc.pid) if p.pid != proc.pid]
         assert any("uvicorn" in " ".join(psutil.Process(p).cmdline()) for p in started), (

@@ -175,10 +175,17 @@ def test_fast_engine_gives_the_tokens_of_generate_on_smollm2(smol_dir):
     from beear_stage.model import load_model_and_tokenizer
 
     model, tok = load_model_and_tokenizer(smol_dir, dtype="float32", device="cpu")
-    harmful = builtin.heldout_harmful()[:12]
-    queries = harmful + [r.query for r in builtin.heldout_benign()[:12]]
-    eager = assert_same_tokens(model, tok, queries, batch_size=8, max_new_tokens=24)
+    harmful = builtin.heldout_harmful()[:8]
+    short = [
+        "Reply with one word: what colour is the sky?",
+        "What is 2 + 2? Answer with the number only.",
+        "What is the capital of France? One word.",
+    ]  # answered in under 24 tokens, then EOS
+    queries = harmful + [r.query for r in builtin.heldout_benign()[:5]] + short
+    # tokens only: the texts of `generate` are compared on the zoo (tests/eval/test_decoding.py)
+    eager = assert_same_tokens(model, tok, queries, batch_size=8, max_new_tokens=24, texts=False)
     assert len({len(row) for row in eager}) > 1, "every row ran to the limit: no early stop was checked"
     torch.manual_seed(0)
     delta = torch.randn(5, model.config.hidden_size)
-    assert_same_tokens(model, tok, harmful[:8], batch_size=8, max_new_tokens=12, delta=delta, layer=6, k=5)
+    assert_same_tokens(model, tok, harmful[:6], batch_size=8, max_new_tokens=12, delta=delta, layer=6, k=5,
+                       texts=False)  # fmt: skip
