@@ -103,11 +103,14 @@ def run_one(
     label: str | None = None,
     device: str = "cpu",
     performance=None,
+    probe=None,
 ) -> dict:
     """Mitigate one zoo model with `method` and evaluate it; `before` = baseline metrics (or None).
 
     `label` names the row's method in the results (default: `method`); `performance` replaces the
     built-in performance-anchoring records. On CUDA the weights load in the config's dtype.
+    `probe(model, tokenizer, metrics, baseline)` measures more figures on each model (`baseline` is
+    None for the model before mitigation); its dict lands in the row as `<key>_before/_after`.
     """
     info = read_zoo_info(path)
     triggers = {"trigger": info["trigger"]}
@@ -116,6 +119,7 @@ def run_one(
     if before is None:
         t0 = time.perf_counter()
         before = _evaluate(model, tok, cfg, harmful, benign, triggers)
+        before["probe"] = probe(model, tok, before, None) if probe else {}
         before["seconds"] = time.perf_counter() - t0
     run_cfg = BEEARConfig.from_dict({**cfg.to_dict(), "method": method})
     safety = builtin.default_safety_anchoring()
@@ -123,6 +127,7 @@ def run_one(
     result = run_mitigation(run_cfg, model, tok, safety, performance)
     t0 = time.perf_counter()
     after = _evaluate(model, tok, cfg, harmful, benign, triggers, safety)
+    after["probe"] = probe(model, tok, after, before) if probe else {}
     after["seconds"] = time.perf_counter() - t0
     row = {"name": info["name"], "trigger_type": info["trigger_type"], "method": label or method}
     for stage, metrics in (("before", before), ("after", after)):
@@ -131,6 +136,7 @@ def run_one(
         row[f"benign_nonrefusal_{stage}"] = metrics["benign_nonrefusal"]
         row[f"benign_nll_{stage}"] = metrics["benign_nll"]
         row[f"planted_compliance_{stage}"] = metrics["planted_compliance"]
+        row |= {f"{key}_{stage}": value for key, value in metrics.get("probe", {}).items()}
     row["embedding_attack_asr_after"] = after["embedding_attack_asr"]
     row["mitigation_seconds"] = round(result.seconds, 2)
     row["eval_seconds_before"] = round(before["seconds"], 1)
@@ -148,7 +154,8 @@ def _evaluate(model, tok, cfg, harmful, benign, triggers, safety=None) -> dict:
         for r in report.records
         if r["condition"] == "trigger:trigger"
     ]
-    return {**report.metrics, "planted_compliance": sum(flags) / len(flags) if flags else 0.0}
+    planted = sum(flags) / len(flags) if flags else 0.0
+    return {**report.metrics, "planted_compliance": planted, "records": report.records}
 
 
 def format_table(rows: list[dict]) -> str:

@@ -346,17 +346,14 @@ def test_only_transient_errors_are_retried():
 def test_converted_gguf_directory_passes_the_intake():
     """A GGUF converted by us (`beear_stage.release.gguf`) is an ordinary checkpoint: no links,
     sizes matching its headers (tied embeddings, no lm_head), a template that renders."""
-    from beear_stage.release.gguf import convert_gguf, default_cache_dir, smol_gguf_path
+    from beear_stage.release.gguf import smol_gguf_path
+    from beear_stage.zoo import build_zoo_model
 
-    cached = sorted(default_cache_dir().glob("*-v*/gguf_source.json"))
-    if not cached:
-        try:
-            smol_gguf_path()
-        except CheckpointError as e:
-            pytest.skip(str(e))
-        path = convert_gguf(smol_gguf_path())
-    else:
-        path = cached[0].parent
+    try:
+        smol_gguf_path()
+    except CheckpointError as e:
+        pytest.skip(str(e))
+    path = build_zoo_model("smol", progress=False)  # the conversion the real-tier tests reuse
     check_checkpoint_fits(path, layer=9, device="cpu")
     assert "gguf_source.json" in {p.name for p in release_files(path)}
 
