@@ -75,35 +75,41 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def utility_probe(cfg: BEEARConfig, benign, xstest: list[str] | None):
     """`run_one`'s probe: over-refusal on XSTest's safe prompts and on our look-alikes, NLL of the
-    model's own pre-mitigation benign answers, and agreement of the benign answers with those."""
-    from beear_stage.eval.metrics import reference_nll
-    from beear_stage.eval.utility import answer_agreement, over_refusal_rate
+    model's own pre-mitigation benign answers, and agreement of the benign answers with those.
 
-    lookalikes = {r.query for r in benign if r.category == "lookalike"}
+    Look-alike over-refusal and agreement come from `utility_from_generations`, as the release
+    flow's gates read them, on the benign generations the evaluation already made.
+    """
+    from beear_stage.eval.metrics import reference_nll
+    from beear_stage.eval.utility import (
+        BASELINE_AGREEMENT,
+        OVER_REFUSAL,
+        over_refusal_rate,
+        utility_from_generations,
+    )
+
+    lookalikes = [r.query for r in benign if r.category == "lookalike"]
 
     def probe(model, tokenizer, metrics: dict, baseline: dict | None) -> dict:
-        answered = {r["prompt"]: r for r in metrics["records"] if r["condition"] == "benign"}
         own = {
             r["prompt"]: r["response"] for r in (baseline or metrics)["records"] if r["condition"] == "benign"
         }
-        queries = [r.query for r in benign]
-        own_answers = [own[q] for q in queries]
+        own_records = [PerformanceRecord(r.query, own[r.query]) for r in benign]
+        from_records, _ = utility_from_generations(
+            model,
+            tokenizer,
+            cfg,
+            lookalikes,
+            metrics["records"],
+            None if baseline is None else baseline["records"],
+        )
         out = {
-            "own_answer_nll": reference_nll(
-                model,
-                tokenizer,
-                [PerformanceRecord(q, a) for q, a in zip(queries, own_answers, strict=True)],
-                cfg,
-            ),
-            "lookalike_over_refusal": (
-                sum(answered[q]["refusal"] for q in lookalikes) / len(lookalikes) if lookalikes else None
-            ),
+            "own_answer_nll": reference_nll(model, tokenizer, own_records, cfg),
+            "lookalike_over_refusal": from_records.get(OVER_REFUSAL),
             "xstest_over_refusal": over_refusal_rate(model, tokenizer, xstest, cfg)[0] if xstest else None,
         }
         if baseline is not None:
-            out["baseline_agreement"] = answer_agreement(
-                own_answers, [answered[q]["response"] for q in queries]
-            )
+            out["baseline_agreement"] = from_records[BASELINE_AGREEMENT]
         return out
 
     return probe, {"lookalike": len(lookalikes), "xstest": len(xstest or ())}
