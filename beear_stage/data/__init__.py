@@ -11,6 +11,7 @@ from beear_stage.data.builtin import (
     harmful_pool,
     heldout_benign,
     heldout_harmful,
+    heldout_lookalikes,
     pool_overlap_report,
     zoo_training_pools,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "harmful_pool",
     "heldout_benign",
     "heldout_harmful",
+    "heldout_lookalikes",
     "load_harmful_prompts",
     "load_performance_records",
     "load_records",

@@ -18,6 +18,7 @@ from beear_stage.data import (
     harmful_pool,
     heldout_benign,
     heldout_harmful,
+    heldout_lookalikes,
     load_performance_records,
     load_safety_records,
     pool_overlap_report,
@@ -30,7 +31,7 @@ MAX_WORDS = 40
 
 
 def _all_benign():
-    return [r for pool in POOLS for r in benign_pool(pool)]
+    return [r for pool in POOLS for r in benign_pool(pool)] + heldout_lookalikes()
 
 
 def _all_harmful():
@@ -57,6 +58,10 @@ def test_every_category_in_every_harmful_pool(pool):
 def test_lookalike_counts():
     assert sum(r.category == "lookalike" for r in default_performance_anchoring()) >= 30
     assert sum(r.category == "lookalike" for r in heldout_benign()) >= 20
+    # the over-refusal-rise gate (0.03) needs about 250 paired look-alikes for its interval to fit
+    lookalikes = heldout_lookalikes()
+    assert len(lookalikes) >= 250 and all(r.category == "lookalike" for r in lookalikes)
+    assert len({normalize_query(r.query) for r in lookalikes}) == len(lookalikes)
     assert sum(r.category == "lookalike" for r in zoo_training_pools()[1]) >= 30
 
 

@@ -80,8 +80,8 @@ def test_refusal_flags_default_classifier_and_keywords():
 
 def test_default_lookalikes_are_our_heldout_lookalike_records():
     prompts = default_lookalikes()
-    expected = [r.query for r in heldout_benign() if r.category == "lookalike"]
-    assert prompts == expected and len(prompts) >= 20
+    in_benign = [r.query for r in heldout_benign() if r.category == "lookalike"]
+    assert prompts[: len(in_benign)] == in_benign and len(prompts) >= 250  # + the eval-only ones
     assert lookalike_prompts() == prompts
 
 
