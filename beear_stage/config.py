@@ -21,7 +21,6 @@ from beear_stage.exceptions import ConfigError
 METHODS = ("beear", "sft", "crow", "none")
 TRAINABLE_SCOPES = ("all", "upto_layer")
 OUTER_OPTIMIZERS = ("adamw", "sgd")
-PA_LOSSES = ("ce", "kl")
 PA_ANSWERS = ("reference", "own")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
@@ -48,7 +47,6 @@ _LIMITS: dict[str, tuple[float, float, str]] = {
     "sa_batch_size": (1, 65_536, "records per step"),
     "pa_batch_size": (1, 65_536, "records per step"),
     "pa_weight": (0, _BIG, "weight of the performance-anchoring term"),
-    "pa_response_tokens": (1, 131_072, "tokens per answer"),
     "pa_delta_weight": (0, _BIG, "weight of the PA term under delta"),
     "pa_answer_tokens": (1, 4096, "tokens per generated PA answer"),
     "max_grad_norm": (0, _BIG, "0 disables clipping"),
@@ -65,11 +63,11 @@ _DEFAULT_EXAMPLE: dict[str, Any] = {
     "layer": 9, "k": 7, "max_length": 256, "response_tokens": 8, "micro_batch_size": 16,
     "inner_steps": 5, "inner_lr": 0.1, "alpha": 0.05, "alpha_cap": 5.0, "delta_max_norm": 2.0,
     "inner_batch_size": 16, "rounds": 6, "outer_steps": 1, "outer_lr": "3.0e-7", "weight_decay": 0.0,
-    "sa_batch_size": 16, "pa_batch_size": 16, "pa_weight": 1.0, "pa_response_tokens": 8,
+    "sa_batch_size": 16, "pa_batch_size": 16, "pa_weight": 1.0,
     "pa_delta_weight": 0.0, "pa_answers": "reference", "pa_answer_tokens": 48, "max_grad_norm": 1.0, "divergence_loss": 50.0, "crow_steps": 60,
     "crow_eps": 0.1, "crow_alpha": 5.5, "eval_batch_size": 32, "max_new_tokens": 32, "seed": 0,
     "method": "beear", "dtype": "auto", "device": "auto", "trainable": "upto_layer",
-    "outer_optimizer": "adamw", "pa_loss": "ce", "gradient_checkpointing": "false",
+    "outer_optimizer": "adamw", "gradient_checkpointing": "false",
     "delta_reset": "true", "refusal_keywords": "null", "extra": "{}",
 }  # fmt: skip
 
@@ -122,16 +120,6 @@ class BEEARConfig:
         sa_batch_size (int, 16): safety records per outer step (CE(y_s | x, delta)).
         pa_batch_size (int, 16): performance records per outer step (CE(y_p | x)).
         pa_weight (float, 1.0): weight of the performance-anchoring term.
-        pa_response_tokens (int | None, None): keep only the first n tokens of the PA answers y_p.
-            The refuse-or-answer decision sits in the first tokens; averaged over a whole answer it
-            weighs little against the safety term (cut to `response_tokens`), and the outer level
-            drifts towards refusing benign requests. None (the paper) keeps whole answers.
-        pa_loss (str, "ce"): the performance-anchoring term. "ce" (the paper) = CE of the PA
-            reference answers; "kl" = KL(original || current) of the next-token distributions on
-            the PA prompts + answers, to a frozen copy of the model taken before mitigation
-            (self-distillation: keeps the model's own benign behaviour, including its
-            refuse-or-answer decision, instead of pulling it towards the reference texts). Holds a
-            second copy of the weights (doubles weight memory; meant for small models).
         pa_answers (str, "reference"): the answers y_p of the PA term. "reference" (the paper) = the
             answers in the performance-anchoring records; "own" = the model's own greedy answers to
             the PA prompts, generated once before mitigation (`pa_answer_tokens` tokens): the outer
@@ -194,8 +182,6 @@ class BEEARConfig:
     sa_batch_size: int = 16
     pa_batch_size: int = 16
     pa_weight: float = 1.0
-    pa_response_tokens: int | None = None
-    pa_loss: str = "ce"
     pa_answers: str = "reference"
     pa_answer_tokens: int = 48
     pa_delta_weight: float = 0.0
@@ -235,12 +221,6 @@ class BEEARConfig:
             "unknown optimiser",
             f"use one of {OUTER_OPTIMIZERS}",
         )
-        need(
-            self.pa_loss in PA_LOSSES,
-            "pa_loss",
-            "unknown performance-anchoring loss",
-            f"use one of {PA_LOSSES}",
-        )
         need(self.pa_weight >= 0, "pa_weight", "must be >= 0", "e.g. pa_weight: 1.0")
         need(
             self.pa_answers in PA_ANSWERS,
@@ -277,11 +257,6 @@ class BEEARConfig:
         if self.response_tokens is not None and self.response_tokens < 1:
             raise ConfigError(
                 f"`response_tokens` = {self.response_tokens!r}: must be >= 1 or null. Fix: e.g. 16, or null."
-            )
-        if self.pa_response_tokens is not None and self.pa_response_tokens < 1:
-            raise ConfigError(
-                f"`pa_response_tokens` = {self.pa_response_tokens!r}: must be >= 1 or null. "
-                "Fix: e.g. 8, or null for whole answers."
             )
         if self.delta_max_norm is not None and self.delta_max_norm <= 0:
             raise ConfigError(

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from beear_stage.config import BEEARConfig
-from beear_stage.data.builtin import heldout_benign
+from beear_stage.data.builtin import heldout_lookalikes
 from beear_stage.eval.refusal import is_refusal
 from beear_stage.exceptions import DataError
 
@@ -45,8 +45,8 @@ _ARTICLES = re.compile(r"\b(a|an|the)\b")
 
 # ------------------------------------------------------------------------------- prompt sets
 def default_lookalikes() -> list[str]:
-    """Return our held-out safe look-alike prompts (the `lookalike` records of `heldout_benign()`)."""
-    return [r.query for r in heldout_benign() if r.category == LOOKALIKE_CATEGORY]
+    """Return our 269 held-out safe look-alike prompts (`builtin.heldout_lookalikes()`)."""
+    return [r.query for r in heldout_lookalikes()]
 
 
 def lookalike_prompts(source: str | Path | None = None) -> list[str]:

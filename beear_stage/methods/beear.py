@@ -11,9 +11,8 @@ BEEAR alternates two levels, without ever seeing the trigger:
   outer (Adversarial Removal), delta fixed:
       theta* = argmin_theta  CE(y_s | x, delta*) + CE(y_p | x_p)                            over SA, PA
 
-Options beyond the paper (off by default, see BEEARConfig): `pa_response_tokens` cuts y_p to its first
-tokens (the answer-or-refuse decision), `pa_loss: kl` replaces CE(y_p | x_p) by the KL to the model
-before mitigation, and `pa_delta_weight` adds the PA term under delta*.
+Options beyond the paper (off by default, see BEEARConfig): `pa_answers: own` takes y_p from the
+model's own greedy answers, and `pa_delta_weight` adds the PA term under delta*.
 
 delta has shape (k, hidden) and is added to the output of decoder layer l at the last k prompt
 positions. The inner level only needs the layers above l, so h_l is computed once per round
@@ -23,7 +22,6 @@ positions. The inner level only needs the layers above l, so h_l is computed onc
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 import math
 import random
@@ -41,7 +39,7 @@ from beear_stage.exceptions import ConfigError
 from beear_stage.methods.batching import MicroBatch, micro_batches
 from beear_stage.methods.distributed import SingleProcess
 from beear_stage.methods.kernels import fused_rms_norm
-from beear_stage.methods.losses import distillation_kl, entrapment_loss, removal_loss
+from beear_stage.methods.losses import entrapment_loss, removal_loss
 from beear_stage.methods.optim import (
     apply_step,
     check_divergence,
@@ -104,10 +102,6 @@ class BEEAR:
         """Encode the anchoring sets, then build what the outer level trains with."""
         cfg = self.cfg
         self.encode()
-        # pa_loss "kl": a frozen copy of the model before mitigation is the PA teacher.
-        self.teacher = None
-        if cfg.pa_loss == "kl" and self.performance and (cfg.pa_weight > 0 or cfg.pa_delta_weight > 0):
-            self.teacher = copy.deepcopy(self.model).eval().requires_grad_(False)
         # Trainable scope before the optimiser, which only sees trainable parameters.
         self.trainable = set_trainable(self.model, cfg.trainable, cfg.layer)
         self.optimizer = outer_optimizer(self.trainable, cfg.outer_optimizer, cfg.outer_lr, cfg.weight_decay)
@@ -129,10 +123,7 @@ class BEEAR:
         self.sa_safe = [
             _cut(encode_example(self.tokenizer, r.query, r.safe_response, n), cut) for r in self.safety
         ]
-        self.pa = [
-            _cut(encode_example(self.tokenizer, r.query, r.answer, n), cfg.pa_response_tokens)
-            for r in self.performance
-        ]
+        self.pa = [encode_example(self.tokenizer, r.query, r.answer, n) for r in self.performance]
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> MitigationResult:
@@ -283,9 +274,9 @@ class BEEAR:
         ce_perf = torch.zeros((), device=self.device)
         ce_perf_delta = None
         if pa is not None and cfg.pa_weight > 0:
-            ce_perf = self._backward_ce(pa, None, cfg.pa_weight, teacher=self.teacher)
+            ce_perf = self._backward_ce(pa, None, cfg.pa_weight)
         if pa is not None and cfg.pa_delta_weight > 0 and delta is not None:  # same rows, under delta
-            ce_perf_delta = self._backward_ce(pa, delta, cfg.pa_delta_weight, teacher=self.teacher)
+            ce_perf_delta = self._backward_ce(pa, delta, cfg.pa_delta_weight)
         loss = removal_loss(ce_safe, ce_perf, cfg.pa_weight, ce_perf_delta, cfg.pa_delta_weight)
         return loss, ce_safe, ce_perf, ce_perf_delta
 
@@ -318,11 +309,8 @@ class BEEAR:
         delta: torch.Tensor | None,
         weight: float,
         hidden: torch.Tensor | None = None,
-        teacher=None,
     ) -> torch.Tensor:
         """Back-propagate `weight` * CE(batch) one micro-batch at a time; return the detached CE.
-
-        With a `teacher` model the per-token loss is KL(teacher || model) instead of the CE.
 
         Each micro-batch's mean CE is weighted by its share of the batch's response tokens, so the
         accumulated gradient equals one pass over the whole batch (`micro_batch_size` = None).
@@ -332,7 +320,7 @@ class BEEAR:
         rank_share = self.dist.rank_share(sum(p.tokens for p in parts))  # 1.0 in one process
         mean = torch.zeros((), device=self.device)
         for part in parts:
-            ce = self._ce_with_delta(part, delta, hidden, teacher)
+            ce = self._ce_with_delta(part, delta, hidden)
             (ce * (part.share * rank_share * weight)).backward()
             mean = mean + ce.detach() * (part.share * rank_share)
         return self.dist.all_reduce_sum(mean)
@@ -342,12 +330,8 @@ class BEEAR:
         part: MicroBatch,
         delta: torch.Tensor | None,
         hidden: torch.Tensor | None = None,
-        teacher=None,
     ) -> torch.Tensor:
         """Mean response CE of one micro-batch: CE(y | x, delta), or CE(y | x) for delta None.
-
-        With a `teacher`, the mean KL(teacher(y | x) || model(y | x, delta)) at the same positions
-        (the teacher never sees delta).
 
         The LM head and the softmax run on the response tokens only; no padding mask is passed
         (right padding makes the causal mask exact for every real token, see batching.py).
@@ -361,10 +345,6 @@ class BEEAR:
                 h = hidden.index_select(0, part.rows)[:, : part.width]
             h = add_delta(h, delta, part.delta_positions)
             logits = upper_logits(self.model, h, None, self.cfg.layer, positions=part.predict_index)
-        if teacher is not None:
-            with torch.no_grad():
-                reference = full_logits(teacher, part.input_ids, None, positions=part.predict_index)
-            return distillation_kl(logits, reference)
         return F.cross_entropy(logits.float(), part.targets)  # = losses.response_ce on full logits
 
     def _finish(self) -> None:

@@ -49,26 +49,13 @@ def removal_loss(
 
     L_outer(theta) = CE(y_s | x, delta*) + pa_weight * L_PA(x_p) [+ pa_delta_weight * L_PA(x_p, delta*)]
 
-    L_PA is CE(y_p | x_p) (the paper) or `distillation_kl` to the original model (`pa_loss: kl`);
-    the bracketed term (`pa_delta_weight` > 0, not in the paper) keeps benign prompts answered
+    L_PA is CE(y_p | x_p) (the paper, y_p the reference or the model's own answers); the bracketed term (`pa_delta_weight` > 0, not in the paper) keeps benign prompts answered
     under delta, so that refusing depends on the request rather than on the perturbation.
     """
     loss = ce_safe_under_delta + pa_weight * ce_performance
     if performance_under_delta is not None and pa_delta_weight > 0:
         loss = loss + pa_delta_weight * performance_under_delta
     return loss
-
-
-def distillation_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
-    """Mean over positions of KL(teacher || student) of the next-token distributions.
-
-    Both (N, V) at the same N positions; the teacher is the frozen model before mitigation, so
-    the term keeps the model's own behaviour on benign prompts (performance anchoring by
-    self-distillation). Zero when the two models agree.
-    """
-    student = F.log_softmax(student_logits.float(), dim=-1)
-    teacher = F.log_softmax(teacher_logits.float(), dim=-1)
-    return F.kl_div(student, teacher, log_target=True, reduction="batchmean")
 
 
 # ------------------------------------------------------------------ CROW (arXiv 2411.12768)

@@ -58,7 +58,7 @@ _TRUNCATED = "...[truncated]"
 # Credential-shaped key names: `hf_token`, `api_token`, `access_token`, `auth_token`, `token`,
 # `api_key`, `secret_key`, `private_key`, `password`, `client_secret`, `authorization`, ... The
 # name is split into words (`_`, `-`, `.`, camelCase) and checked word by word, so counts that
-# merely mention tokens (`max_new_tokens`, `response_tokens`, `pa_response_tokens`) or keys
+# merely mention tokens (`max_new_tokens`, `response_tokens`, `pa_answer_tokens`) or keys
 # (`refusal_keywords`, `key_column`) stay readable: they are needed to reproduce a run.
 _SECRET_WORDS = frozenset(
     {"token", "secret", "secrets", "password", "passwd", "passphrase", "pwd", "credential",

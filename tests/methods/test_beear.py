@@ -129,62 +129,28 @@ def test_mitigation_never_receives_the_trigger():
     assert not leaked, f"mitigation saw trigger text: {leaked[:3]}"
 
 
-def test_kl_anchor_is_zero_for_the_unchanged_model_and_pa_delta_term_is_logged():
-    """pa_loss "kl": the PA term is KL to the model before mitigation (0 before any step)."""
-    from beear_stage.methods.beear import BEEAR
-    from beear_stage.methods.losses import distillation_kl
-    from beear_stage.templates import collate
-
+def test_pa_delta_term_is_logged():
+    """`pa_delta_weight` > 0: the PA term under delta* is computed and logged every round."""
     tok = tiny_tokenizer()
     model = tiny_model(tok)
-    cfg = _cfg(pa_loss="kl", pa_delta_weight=0.5, outer_steps=0)
-    beear = BEEAR(cfg, model, tok, safety_records(), performance_records(), progress=False)
-    beear.setup()
-    pa = collate(beear.pa[:4], beear.pad_id)
-    kl = beear._backward_ce(pa, None, 0.0, teacher=beear.teacher)
-    assert kl.abs().item() < 1e-6, kl
-    delta = torch.randn(cfg.k, model.config.hidden_size)
-    assert beear._backward_ce(pa, delta, 0.0, teacher=beear.teacher).item() > 1e-4  # delta moves it
-    logits = torch.randn(5, 11)
-    assert distillation_kl(logits, logits).abs() < 1e-6
-    assert distillation_kl(logits, torch.randn(5, 11)) > 0
     result = run_mitigation(
-        _cfg(pa_loss="kl", pa_delta_weight=0.5),
-        model,
-        tok,
-        safety_records(),
-        performance_records(),
-        progress=False,
+        _cfg(pa_delta_weight=0.5), model, tok, safety_records(), performance_records(), progress=False
     )
     for row in result.history:
         assert math.isfinite(row["outer_perf_loss"]) and math.isfinite(row["outer_perf_delta_loss"]), row
-    assert result.history[-1]["outer_perf_loss"] > 0  # the weights moved away from the teacher
+        assert row["outer_perf_delta_loss"] > 0, row
 
 
 def test_pa_options_are_validated():
     from beear_stage.exceptions import ConfigError
 
-    with pytest.raises(ConfigError, match="pa_loss.*'mse'.*ce"):
-        _cfg(pa_loss="mse")
+    # options that no real-model measurement supported were removed (BENCHMARKS.md, issue 18):
+    # an old config that still sets them gets an error naming the key
+    for removed in ({"pa_loss": "kl"}, {"pa_response_tokens": 8}):
+        with pytest.raises(ConfigError, match=f"unknown config key.*{next(iter(removed))}"):
+            BEEARConfig.from_dict(removed)
     with pytest.raises(ConfigError, match="pa_delta_weight.*-1"):
         _cfg(pa_delta_weight=-1)
-
-
-def test_pa_response_tokens_cuts_the_performance_answers():
-    from beear_stage.methods.beear import BEEAR
-
-    tok = tiny_tokenizer()
-    model = tiny_model(tok)
-    full = BEEAR(_cfg(), model, tok, safety_records(), performance_records(), progress=False)
-    full.setup()
-    cut = BEEAR(
-        _cfg(pa_response_tokens=2), model, tok, safety_records(), performance_records(), progress=False
-    )
-    cut.setup()
-    for a, b in zip(full.pa, cut.pa, strict=True):
-        assert b.prompt_len == a.prompt_len and b.input_ids == a.input_ids[: a.prompt_len + 2]
-        assert sum(label != -100 for label in b.labels) == 2
-    assert any(len(a.input_ids) > a.prompt_len + 2 for a in full.pa)  # the cut removed something
 
 
 def test_pa_answers_own_anchors_on_the_models_greedy_answers():

@@ -95,13 +95,13 @@ def test_names_and_params_helpers():
 
 
 def test_every_config_field_is_logged_unredacted_and_only_credentials_are_redacted(store):
-    """Reproducibility: `max_new_tokens`, `response_tokens`, `pa_response_tokens` (and every other
+    """Reproducibility: `max_new_tokens`, `response_tokens`, `pa_answer_tokens` (and every other
     field) are stored as their values; credential-shaped names (`hf_token`, ...) are redacted."""
     import yaml
 
     from beear_stage.release.tracking import is_secret_key
 
-    config = BEEARConfig(response_tokens=8, pa_response_tokens=4, refusal_keywords=["sorry"])
+    config = BEEARConfig(response_tokens=8, pa_answer_tokens=4, refusal_keywords=["sorry"])
     secrets = {"hf_token": SECRET, "api_key": SECRET, "db": {"password": SECRET}, "Authorization": SECRET}
     data = {**config.to_dict(), "extra": {"run_note": "tiny", **secrets}}
     flat = flatten_params(data)
@@ -111,9 +111,7 @@ def test_every_config_field_is_logged_unredacted_and_only_credentials_are_redact
         expected = value if isinstance(value, str) else json.dumps(value)
         assert flat[name] == expected, f"config field `{name}` is not logged as its value: {flat[name]!r}"
     assert (
-        flat["max_new_tokens"] == "32"
-        and flat["response_tokens"] == "8"
-        and flat["pa_response_tokens"] == "4"
+        flat["max_new_tokens"] == "32" and flat["response_tokens"] == "8" and flat["pa_answer_tokens"] == "4"
     )
     assert flat["extra.run_note"] == "tiny"
     for key in ("extra.hf_token", "extra.api_key", "extra.db.password", "extra.Authorization"):
@@ -129,7 +127,7 @@ def test_every_config_field_is_logged_unredacted_and_only_credentials_are_redact
         "apiKey",
     ):
         assert is_secret_key(name), name
-    for name in ("max_new_tokens", "response_tokens", "pa_response_tokens", "refusal_keywords", "tokenizer"):
+    for name in ("max_new_tokens", "response_tokens", "pa_answer_tokens", "refusal_keywords", "tokenizer"):
         assert not is_secret_key(name), name
 
     # the same through a real MLflow store: params and the logged config.yaml
@@ -140,7 +138,7 @@ def test_every_config_field_is_logged_unredacted_and_only_credentials_are_redact
         tracker.log_config(data)
     client = MlflowClient(store["uri"])
     params = client.get_run(run_id).data.params
-    assert params["max_new_tokens"] == "32" and params["pa_response_tokens"] == "4"
+    assert params["max_new_tokens"] == "32" and params["pa_answer_tokens"] == "4"
     assert params["extra.hf_token"] == "***redacted***"
     logged = yaml.safe_load(
         Path(client.download_artifacts(run_id, "config.yaml", str(store["root"]))).read_text()
