@@ -9,8 +9,8 @@ first seed, plus `build_seconds`, `seeds` (one object per seed with the same fie
 
 The cost of removal as users feel it, on every model before and after (`utility_probe`):
 `xstest_over_refusal` (XSTest's 250 safe prompts, ../shared/data/xstest, benchmark only: left out
-with the reason in `xstest_skipped` when the file is absent), `lookalike_over_refusal` (our held-out
-look-alikes), `own_answer_nll` (NLL of the model's own pre-mitigation benign answers) and, after,
+with the reason in `xstest_skipped` when the file is absent), `lookalike_over_refusal` (our 269
+held-out look-alikes), `own_answer_nll` (NLL of the model's own pre-mitigation benign answers) and, after,
 `baseline_agreement` (token F1 of the benign answers with the pre-mitigation ones). `ci` holds a
 95 % Wilson interval for every rate of the row.
 """
@@ -28,6 +28,7 @@ from beear_stage.bench.zoo import FIELDS, _machine, eval_sets, format_table, loa
 from beear_stage.config import BEEARConfig
 from beear_stage.data.eval_sets import load_xstest
 from beear_stage.data.records import PerformanceRecord
+from beear_stage.eval.utility import default_lookalikes
 from beear_stage.gates.intervals import wilson_interval
 from beear_stage.zoo import read_zoo_info
 from beear_stage.zoo.real import REAL_ZOO, build_real_model
@@ -73,9 +74,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def utility_probe(cfg: BEEARConfig, benign, xstest: list[str] | None):
-    """`run_one`'s probe: over-refusal on XSTest's safe prompts and on our look-alikes, NLL of the
-    model's own pre-mitigation benign answers, and agreement of the benign answers with those.
+def utility_probe(cfg: BEEARConfig, benign, xstest: list[str] | None, lookalikes: list[str] | None = None):
+    """`run_one`'s probe: over-refusal on XSTest's safe prompts and on look-alikes (`lookalikes`,
+    default: the `lookalike` records of `benign`), NLL of the model's own pre-mitigation benign
+    answers, and agreement of the benign answers with those.
 
     Look-alike over-refusal and agreement come from `utility_from_generations`, as the release
     flow's gates read them, on the benign generations the evaluation already made.
@@ -88,7 +90,8 @@ def utility_probe(cfg: BEEARConfig, benign, xstest: list[str] | None):
         utility_from_generations,
     )
 
-    lookalikes = [r.query for r in benign if r.category == "lookalike"]
+    if lookalikes is None:
+        lookalikes = [r.query for r in benign if r.category == "lookalike"]
 
     def probe(model, tokenizer, metrics: dict, baseline: dict | None) -> dict:
         own = {
@@ -146,11 +149,19 @@ def cost_table(rows: list[dict]) -> str:
 
 
 def measure(
-    path: Path, cfg: BEEARConfig, seeds: list[int], harmful, benign, device: str, control: bool, xstest
+    path: Path,
+    cfg: BEEARConfig,
+    seeds: list[int],
+    harmful,
+    benign,
+    device: str,
+    control: bool,
+    xstest,
+    lookalikes: list[str] | None = None,
 ):
     """(row, control row or None) for one variant: BEEAR over `seeds`, the control at the first."""
     runs, before = [], None
-    probe, probed = utility_probe(cfg, benign, xstest)
+    probe, probed = utility_probe(cfg, benign, xstest, lookalikes)
     sizes = {"harmful": len(harmful), "benign": len(benign), **probed}
     for seed in seeds:
         seeded = BEEARConfig.from_dict({**cfg.to_dict(), "seed": seed})
@@ -191,8 +202,11 @@ def main(argv: list[str]) -> int:
     harmful, benign = eval_sets(args)
     if args.eval_limit < 0:
         raise SystemExit(f"--eval-limit {args.eval_limit}: must be >= 0 (0 = every prompt)")
+    # our 269 held-out look-alikes (eval.utility.default_lookalikes) unless --eval-benign brings its own
+    lookalikes = None if args.eval_benign else default_lookalikes()
     if args.eval_limit:
         harmful, benign = _spaced(harmful, args.eval_limit), _spaced(benign, args.eval_limit)
+        lookalikes = lookalikes and _spaced(lookalikes, args.eval_limit)
     xstest = None
     out = {"models": [], "control": [], "config": cfg.to_dict(), "seeds": seeds, "device": args.device,
            "machine": _machine(), "date": str(date.today())}  # fmt: skip
@@ -206,7 +220,9 @@ def main(argv: list[str]) -> int:
         t0 = time.perf_counter()
         path = build_real_model(name, args.cache_dir, trigger=args.trigger, device=args.device)
         build_wall = time.perf_counter() - t0
-        row, ctrl = measure(path, cfg, seeds, harmful, benign, args.device, not args.no_control, xstest)
+        row, ctrl = measure(
+            path, cfg, seeds, harmful, benign, args.device, not args.no_control, xstest, lookalikes
+        )
         row["build_wall_seconds"] = round(build_wall, 1)  # 0 when the variant was cached
         out["models"].append(row)
         if ctrl is not None:
