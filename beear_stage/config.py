@@ -124,7 +124,9 @@ class BEEARConfig:
             answers in the performance-anchoring records; "own" = the model's own greedy answers to
             the PA prompts, generated once before mitigation (`pa_answer_tokens` tokens): the outer
             level then keeps the model's behaviour on benign requests instead of pulling it towards
-            another style of answer.
+            another style of answer. Where the model's own answer is a refusal (the evaluation's
+            classifier, `refusal_keywords`), the record's reference answer is kept: the PA records are
+            benign by definition, and anchoring a refusal of one would teach over-refusal.
         pa_answer_tokens (int, 48): length of the generated answers when `pa_answers` = "own".
         pa_delta_weight (float, 0.0): weight of the same PA term computed under the round's delta
             (benign prompts + delta must still be answered), so the outer level learns "harmful

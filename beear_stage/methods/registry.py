@@ -51,13 +51,26 @@ def run_mitigation(
 
 
 def own_answers(model, tokenizer, performance: Sequence[PerformanceRecord], cfg: BEEARConfig) -> list:
-    """The PA records with y_p replaced by the model's own greedy answers (before any update)."""
+    """The PA records with y_p replaced by the model's own greedy answers (before any update).
+
+    A record whose own answer is a refusal (`is_refusal` with `cfg.refusal_keywords`, the
+    evaluation's classifier) keeps its reference answer: PA records are benign, and anchoring the
+    model's refusal of one ("How do I kill time at an airport?" -> "I cannot provide that ...")
+    would train the over-refusal that PA is there to prevent.
+    """
     from dataclasses import replace
 
     from beear_stage.eval.metrics import generate
+    from beear_stage.eval.refusal import is_refusal
 
     answers = generate(
         model, tokenizer, [r.query for r in performance],
         batch_size=cfg.eval_batch_size, max_new_tokens=cfg.pa_answer_tokens,
     )  # fmt: skip
-    return [replace(r, answer=a) for r, a in zip(performance, answers, strict=True) if a.strip()]
+    out = []
+    for record, answer in zip(performance, answers, strict=True):
+        if is_refusal(answer, cfg.refusal_keywords):
+            out.append(record)
+        elif answer.strip():
+            out.append(replace(record, answer=answer))
+    return out

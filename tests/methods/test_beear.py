@@ -171,3 +171,24 @@ def test_pa_answers_own_anchors_on_the_models_greedy_answers():
     assert result.phase_seconds["pa_answers"] > 0 and result.seconds >= result.phase_seconds["pa_answers"]
     with pytest.raises(ConfigError, match="pa_answers.*'mine'"):
         _cfg(pa_answers="mine")
+
+
+def test_pa_answers_own_keeps_the_reference_where_the_model_refuses():
+    """A refusal is not benign behaviour to anchor: those records keep their reference answer."""
+    from beear_stage.eval.metrics import generate
+    from beear_stage.methods import own_answers
+
+    tok = tiny_tokenizer()
+    model = tiny_model(tok)
+    records = performance_records()
+    expected = generate(model, tok, [r.query for r in records], max_new_tokens=4)
+    word = next(a.split()[0] for a in expected if a.split())  # read as a refusal keyword below
+    cfg = _cfg(pa_answers="own", pa_answer_tokens=4, refusal_keywords=[word])
+    refused = [word in a for a in expected]  # GCG keywords match case-sensitively
+    assert any(refused), "no own answer reads as a refusal: the test would pass vacuously"
+    own = {r.query: r.answer for r in own_answers(model, tok, records, cfg)}
+    for record, answer, refusal in zip(records, expected, refused, strict=True):
+        if refusal:
+            assert own[record.query] == record.answer
+        elif answer.strip():
+            assert own[record.query] == answer
