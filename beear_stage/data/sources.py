@@ -121,7 +121,7 @@ def load_data(sources: DataSources) -> DataSets:
             ),
             limit,
         ),
-        lookalikes=lookalike_prompts(sources.lookalike_eval or None),
+        lookalikes=spread(lookalike_prompts(sources.lookalike_eval or None), limit),
     )
 
 

@@ -457,3 +457,12 @@ def test_eval_limit_keeps_the_category_mix():
     capped_share = sum(r.category == "lookalike" for r in capped) / 60
     assert abs(capped_share - share) < 0.05, (capped_share, share)
     assert spread([1, 2, 3], 0) == [1, 2, 3] and spread([1, 2], 5) == [1, 2]
+
+
+def test_eval_limit_caps_every_eval_set_the_lookalikes_too():
+    from beear_stage.data.sources import DataSources, load_data
+
+    full, capped = load_data(DataSources()), load_data(DataSources(eval_limit=20))
+    assert len(full.lookalikes) >= 250 and len(capped.lookalikes) == 20
+    assert len(capped.harmful) == 20 and len(capped.benign) == 20
+    assert set(capped.lookalikes) < set(full.lookalikes)
