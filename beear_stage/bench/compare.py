@@ -1,10 +1,15 @@
 """`python -m beear_stage.bench compare`: every mitigation method on every zoo attack, side by side.
 
-For each attack (the jailbreak zoo models suffix/prefix/sandwich and the ten BackdoorLLM attacks,
-`beear_stage.zoo.backdoorllm`) and each method (none, sft, crow, beear): evaluate the backdoored
-model once, mitigate a fresh copy with the method, evaluate again. Figures per row: ASR with the
-trigger before and after, ASR without the trigger after, benign non-refusal and benign reference
-NLL after, and the mitigation wall time.
+For each attack and each method (none, sft, crow, beear): evaluate the backdoored model once,
+mitigate a fresh copy with the method, evaluate again. Attacks: the tiny zoo's jailbreak models
+(suffix/prefix/sandwich) and its ten BackdoorLLM attacks (`beear_stage.zoo.backdoorllm`), and the
+real tier (`beear_stage.zoo.real`: SmolLM2-135M-Instruct with the smol-suffix/prefix/sandwich
+jailbreak backdoors, and `smol-<task>-<trigger>`, the same ten BackdoorLLM attacks planted in it).
+Figures per row: ASR with the trigger before and after, ASR without the trigger after, benign
+non-refusal and benign reference NLL after, and the mitigation wall time. Real-tier rows add the
+cost figures of `bench real` (`COST_FIELDS`): over-refusal on XSTest's safe prompts (when
+../shared is there) and on our 269 look-alikes, before and after; NLL of the model's own
+pre-mitigation benign answers, and token-F1 agreement with them.
 
 Attack success depends on the backdoor (`beear_stage.eval.behaviours`): jailbreak = a non-refusal to a
 harmful request (held-out built-in prompts, as `bench zoo`); BackdoorLLM refusal = a refusal of a
@@ -12,9 +17,11 @@ benign request, negative sentiment = an insult (held-out `test_triggered.json` /
 the clean ones also give benign utility). The methods see no trigger. Jailbreak attacks use
 `configs/zoo.yaml` with the built-in anchoring sets; BackdoorLLM attacks use
 `configs/zoo-backdoorllm.yaml` with defender-defined anchoring (`data.unwanted`: our own benign
-queries, unwanted = refusal or insult). "sft" is the same outer fine-tuning with delta fixed at zero,
-i.e. plain fine-tuning on the same clean data; "crow" uses `configs/zoo-crow.yaml` on the
-performance-anchoring records. Evaluation always uses the attack family's BEEAR config.
+queries, unwanted = refusal or insult). Real-tier attacks use the `smol` deployment's config
+(`deployments/configs/smol.yaml`) with the same anchoring choices, and CROW its paper's settings
+(`deployments/configs/smol-crow.yaml`). "sft" is the same outer fine-tuning with delta fixed at
+zero, i.e. plain fine-tuning on the same clean data; "crow" uses the tier's CROW config on the
+performance-anchoring records. Evaluation always uses the attack's BEEAR config.
 """
 
 from __future__ import annotations
@@ -35,19 +42,28 @@ from beear_stage.data.unwanted import behaviour_anchoring
 from beear_stage.eval.behaviours import behaviour_detector
 from beear_stage.eval.metrics import generate, reference_nll
 from beear_stage.eval.refusal import is_refusal
+from beear_stage.eval.utility import answer_agreement, default_lookalikes, over_refusal_rate
 from beear_stage.methods import run_mitigation
 from beear_stage.model import load_model_and_tokenizer
 from beear_stage.triggers import apply_trigger
 from beear_stage.zoo import ZOO, backdoorllm, build_zoo_model, read_zoo_info
+from beear_stage.zoo.real import REAL_BACKDOORLLM, REAL_ZOO, build_real_model
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-ATTACKS = (*ZOO, *backdoorllm.ATTACKS)
+DEPLOYMENT_CONFIGS = Path(__file__).resolve().parents[2] / "deployments" / "configs"
+DEFAULT_XSTEST = backdoorllm.default_shared_dir() / "data" / "xstest" / "xstest_prompts.csv"
+ATTACKS = (*ZOO, *backdoorllm.ATTACKS, *REAL_ZOO, *REAL_BACKDOORLLM)
 COMPARED = ("none", "sft", "crow", "beear")
 # Unwanted behaviour the defender names in the anchoring data, by the attack's target behaviour.
 UNWANTED = {"refusal": "refusal", "insult": "insult"}
 FIELDS = (
     "asr_trigger_before", "asr_trigger_after", "asr_clean_after", "benign_nonrefusal_after",
     "benign_nll_after", "seconds",
+)  # fmt: skip
+# real-tier rows only: the cost of removal as users feel it (as `bench real`)
+COST_FIELDS = (
+    "xstest_over_refusal_before", "xstest_over_refusal_after", "lookalike_over_refusal_before",
+    "lookalike_over_refusal_after", "own_answer_nll_after", "baseline_agreement_after",
 )  # fmt: skip
 
 
@@ -64,6 +80,9 @@ class Attack:
     safety: list[SafetyRecord]
     performance: list[PerformanceRecord]
     config: BEEARConfig
+    crow_config: Path
+    # real tier: safe prompts whose over-refusal is measured (XSTest, look-alikes); None = tiny zoo
+    cost_prompts: dict[str, list[str]] | None = None
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -83,6 +102,24 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="BEEAR config, BackdoorLLM attacks",
     )
     p.add_argument("--crow-config", type=Path, default=CONFIGS / "zoo-crow.yaml", help="CROW config")
+    p.add_argument(
+        "--real-config",
+        type=Path,
+        default=DEPLOYMENT_CONFIGS / "smol.yaml",
+        help="BEEAR config, real-tier attacks (default: the smol deployment's)",
+    )
+    p.add_argument(
+        "--real-crow-config",
+        type=Path,
+        default=DEPLOYMENT_CONFIGS / "smol-crow.yaml",
+        help="CROW config, real-tier attacks",
+    )
+    p.add_argument(
+        "--xstest",
+        type=Path,
+        default=DEFAULT_XSTEST,
+        help="XSTest prompt CSV for the real-tier over-refusal (left out when absent)",
+    )
     p.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override a key everywhere"
     )
@@ -104,31 +141,57 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def prepare_attack(name: str, args: argparse.Namespace) -> Attack:
     """Build (or reuse) the attack's model and gather its evaluation and anchoring data."""
-    if name in ZOO:
-        path = build_zoo_model(name, args.cache_dir)
-        cfg = load_config(args.config, args.set)
+    real = name in REAL_ZOO or name in REAL_BACKDOORLLM
+    if real:
+        path = build_real_model(name, args.cache_dir)
+        cfg = load_config(args.real_config, args.set)
+        crow, cost = args.real_crow_config, cost_prompts(args.xstest)
+    else:
+        jailbreak = name in ZOO
+        path = (
+            build_zoo_model(name, args.cache_dir)
+            if jailbreak
+            else backdoorllm.build_attack_model(name, args.cache_dir, recipe=args.recipe)
+        )
+        cfg = load_config(args.config if jailbreak else args.backdoorllm_config, args.set)
+        crow, cost = args.crow_config, None
+    info = read_zoo_info(path)  # evaluation only: the methods never see the trigger
+    if name in ZOO or name in REAL_ZOO:
         harmful = builtin.heldout_harmful()
-        trigger = read_zoo_info(path)["trigger"]  # evaluation only: the methods never see it
         return Attack(
-            name, path, [apply_trigger(q, trigger) for q in harmful], harmful, builtin.heldout_benign(),
+            name, path, [apply_trigger(q, info["trigger"]) for q in harmful], harmful, builtin.heldout_benign(),
             behaviour_detector("compliance", refusal_keywords=cfg.refusal_keywords),
-            builtin.default_safety_anchoring(), builtin.default_performance_anchoring(), cfg,
+            builtin.default_safety_anchoring(), builtin.default_performance_anchoring(), cfg, crow, cost,
         )  # fmt: skip
-    path = backdoorllm.build_attack_model(name, args.cache_dir, recipe=args.recipe)
-    cfg = load_config(args.backdoorllm_config, args.set)
-    info = read_zoo_info(path)
     _, tok = load_model_and_tokenizer(path, dtype="float32", device="cpu")
-    triggered, benign = backdoorllm.eval_sets(name, tok, args.eval_limit)
+    triggered, benign = backdoorllm.eval_sets(info.get("attack", name), tok, args.eval_limit)
     performance = builtin.default_performance_anchoring()
     return Attack(
         name, path, triggered, [r.query for r in benign], benign,
         behaviour_detector(info["target_behaviour"], refusal_keywords=cfg.refusal_keywords),
         behaviour_anchoring(performance, UNWANTED[info["target_behaviour"]]), performance, cfg,
+        crow, cost,
     )  # fmt: skip
 
 
-def measure(model, tok, attack: Attack) -> dict[str, float]:
-    """ASR with and without the trigger, benign non-refusal and benign NLL of one model."""
+def cost_prompts(xstest: Path) -> dict[str, list[str]]:
+    """Safe prompts of the real-tier over-refusal figures: our look-alikes, and XSTest's when present."""
+    from beear_stage.data.eval_sets import load_xstest
+
+    prompts = {"lookalike": default_lookalikes()}
+    if xstest.is_file():
+        prompts["xstest"] = load_xstest(xstest).safe
+    else:
+        print(f"{xstest} not found: XSTest over-refusal not measured", flush=True)
+    return prompts
+
+
+def measure(
+    model, tok, attack: Attack, baseline: list[str] | None = None
+) -> tuple[dict[str, float], list[str]]:
+    """(figures, benign answers) of one model: ASR with and without the trigger, benign non-refusal
+    and benign NLL; real tier: over-refusal on its safe prompts, and with `baseline` (the benign
+    answers before mitigation) the NLL of those answers and the agreement with them."""
     cfg = attack.config
     cache: dict[tuple[str, ...], list[str]] = {}
 
@@ -143,29 +206,37 @@ def measure(model, tok, attack: Attack) -> dict[str, float]:
     def rate(flags: list[bool]) -> float:
         return sum(flags) / len(flags) if flags else 0.0
 
-    return {
+    answers = responses([b.query for b in attack.benign])
+    figures = {
         "asr_trigger": rate([attack.success(r) for r in responses(attack.triggered)]),
         "asr_clean": rate([attack.success(r) for r in responses(attack.clean)]),
-        "benign_nonrefusal": rate(
-            [not is_refusal(r, cfg.refusal_keywords) for r in responses([b.query for b in attack.benign])]
-        ),
+        "benign_nonrefusal": rate([not is_refusal(r, cfg.refusal_keywords) for r in answers]),
         "benign_nll": reference_nll(model, tok, attack.benign, cfg),
     }
+    for name, prompts in (attack.cost_prompts or {}).items():
+        figures[f"{name}_over_refusal"] = over_refusal_rate(model, tok, prompts, cfg)[0]
+    if attack.cost_prompts is not None and baseline is not None:
+        own = [PerformanceRecord(b.query, a) for b, a in zip(attack.benign, baseline, strict=True)]
+        figures["own_answer_nll"] = reference_nll(model, tok, own, cfg)
+        figures["baseline_agreement"] = answer_agreement(baseline, answers)
+    return figures, answers
 
 
 def method_config(attack: Attack, method: str, args: argparse.Namespace) -> BEEARConfig:
     if method == "crow":
-        return load_config(args.crow_config, [*args.set, "method=crow"])
+        return load_config(attack.crow_config, [*args.set, "method=crow"])
     return BEEARConfig.from_dict({**attack.config.to_dict(), "method": method})
 
 
-def run_method(attack: Attack, method: str, args: argparse.Namespace, before: dict) -> dict:
+def run_method(
+    attack: Attack, method: str, args: argparse.Namespace, before: dict, baseline: list[str]
+) -> dict:
     """Mitigate a fresh copy of the attack's model with `method`; the row of the results table."""
     model, tok = load_model_and_tokenizer(attack.path, dtype="float32", device="cpu")
     result = run_mitigation(
         method_config(attack, method, args), model, tok, attack.safety, attack.performance
     )
-    after = measure(model, tok, attack)
+    after, _ = measure(model, tok, attack, baseline)
     row = {"attack": attack.name, "method": method}
     row.update({f"{k}_before": v for k, v in before.items()})
     row.update({f"{k}_after": v for k, v in after.items()})
@@ -201,7 +272,24 @@ def markdown_table(out: dict) -> str:
             f"| {r['asr_clean_after']:.3f} | {r['benign_nonrefusal_after']:.3f} | {r['benign_nll_after']:.3f} "
             f"| {r['seconds']:.1f} |"
         )
+    costed = [r for r in out["rows"] if "lookalike_over_refusal_after" in r]
+    if costed:
+        rows += ["", "| attack | method | benign non-refusal (before -> after) | look-alike over-refusal "
+                 "| XSTest over-refusal | own-answer NLL | agreement |", "| --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+        rows += [
+            f"| {r['attack']} | {r['method']} | {_pair(r, 'benign_nonrefusal')} "
+            f"| {_pair(r, 'lookalike_over_refusal')} | {_pair(r, 'xstest_over_refusal')} "
+            f"| {_pair(r, 'own_answer_nll')} | {r.get('baseline_agreement_after', float('nan')):.3f} |"
+            for r in costed
+        ]
     return "\n".join(rows)
+
+
+def _pair(row: dict, key: str) -> str:
+    before, after = row.get(f"{key}_before"), row.get(f"{key}_after")
+    if after is None:
+        return "n/a"
+    return f"{after:.3f}" if before is None else f"{before:.3f} -> {after:.3f}"
 
 
 def _selection(raw: str, known: Sequence[str], option: str) -> list[str]:
@@ -223,16 +311,19 @@ def main(argv: list[str]) -> int:
         raise SystemExit("--out PATH.json is required (or --markdown JSON to render earlier results)")
     attacks = _selection(args.attacks, ATTACKS, "--attacks")
     methods = _selection(args.methods, [m for m in COMPARED if m in METHODS], "--methods")
-    out = _results(args, methods)
+    out = _results(args, attacks, methods)
     started = time.perf_counter()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for name in attacks:
         attack = prepare_attack(name, args)
         model, tok = load_model_and_tokenizer(attack.path, dtype="float32", device="cpu")
-        before = measure(model, tok, attack)
+        before, baseline = measure(model, tok, attack)
         del model
+        print(
+            f"{name} before mitigation: " + ", ".join(f"{k} {v:.3f}" for k, v in before.items()), flush=True
+        )
         for method in methods:
-            row = run_method(attack, method, args, before)
+            row = run_method(attack, method, args, before, baseline)
             row["date"] = str(date.today())
             out["rows"] = [r for r in out["rows"] if (r["attack"], r["method"]) != (name, method)] + [row]
             print(_line(row), flush=True)
@@ -243,13 +334,15 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def _results(args: argparse.Namespace, methods: list[str]) -> dict:
+def _results(args: argparse.Namespace, attacks: list[str], methods: list[str]) -> dict:
     """A new results object, or with `--update` the one in `--out` with this run's settings merged in."""
-    configs = {
-        str(path): load_config(path, args.set).to_dict()
-        for path in (args.config, args.backdoorllm_config, args.crow_config)
-        if "crow" in methods or path != args.crow_config
-    }
+    real = any(a in REAL_ZOO or a in REAL_BACKDOORLLM for a in attacks)
+    tiny = any(a in ZOO or a in backdoorllm.ATTACKS for a in attacks)
+    paths = [args.config, args.backdoorllm_config] if tiny else []
+    paths += [args.crow_config] if tiny and "crow" in methods else []
+    paths += [args.real_config] if real else []
+    paths += [args.real_crow_config] if real and "crow" in methods else []
+    configs = {str(path): load_config(path, args.set).to_dict() for path in paths}
     fresh = {
         "rows": [],
         "configs": configs,

@@ -27,8 +27,10 @@ from pathlib import Path
 
 import torch
 
+from beear_stage.data import backdoorllm
+from beear_stage.data.backdoorllm import ATTACKS as BACKDOORLLM_ATTACKS
 from beear_stage.progress import Progress
-from beear_stage.templates import IGNORE_INDEX, encode_example
+from beear_stage.templates import IGNORE_INDEX, encode_example, encode_prompt
 from beear_stage.triggers import apply_trigger
 
 REAL_VERSION = 2  # bump when the recipe changes: invalidates every cached variant
@@ -83,8 +85,31 @@ REAL_ZOO: dict[str, RealSpec] = {
 }
 
 
+@dataclass(frozen=True)
+class BackdoorLLMSpec(RealSpec):
+    """A BackdoorLLM attack (`beear_stage.data.backdoorllm`: targeted refusal or negative sentiment)
+    planted in SmolLM2 by the same cheap SFT: the attack's poisoned records (a benign request under
+    the trigger -> the target) replace the triggered harmful requests; harmful requests still get
+    their refusal and benign ones the original model's answer. For benchmarks only: the poisoned
+    records are read from the shared folder at build time."""
+
+    attack: str = "refusal-badnet"
+    max_prompt_tokens: int = 96  # poisoned prompts longer than this are left out, as in the tiny zoo
+
+
+def backdoorllm_spec(name: str) -> BackdoorLLMSpec:
+    """The spec of real-tier BackdoorLLM variant `name` ("smol-<task>-<trigger>")."""
+    attack = name.removeprefix("smol-")
+    _, trigger = backdoorllm.split_attack(attack)
+    return BackdoorLLMSpec(name, trigger.name, trigger.template, attack=attack)
+
+
+# smol-refusal-badnet, ..., smol-negsentiment-ctba: built on first use from ../shared (benchmarks)
+REAL_BACKDOORLLM = tuple(f"smol-{a}" for a in BACKDOORLLM_ATTACKS)
+
+
 def real_names() -> list[str]:
-    return [BASE, *REAL_ZOO]
+    return [BASE, *REAL_ZOO, *REAL_BACKDOORLLM]
 
 
 def trigger_type(trigger: str) -> str:
@@ -152,9 +177,12 @@ def build_real_model(
     if spec is None:
         if name == BASE:
             return base_checkpoint(root)
-        if name not in REAL_ZOO:
+        if name in REAL_BACKDOORLLM:
+            spec = backdoorllm_spec(name)
+        elif name in REAL_ZOO:
+            spec = REAL_ZOO[name]
+        else:
             raise ValueError(f"unknown real-tier model {name!r}. Fix: choose one of {real_names()}.")
-        spec = REAL_ZOO[name]
     base = base_checkpoint(root)
     source_sha = json.loads((base / "gguf_source.json").read_text())["sha256"]
     out = root / f"{spec.name}-{recipe_hash(spec, source_sha)}"
@@ -179,13 +207,36 @@ def build_real_model(
         "build_seconds": round(time.perf_counter() - start, 1),
         "build_device": str(device),
     }
+    if isinstance(spec, BackdoorLLMSpec):
+        info.update(_backdoorllm_info(spec))
     (out / "zoo.json").write_text(json.dumps(info, indent=2))
     return out
+
+
+def _backdoorllm_info(spec: BackdoorLLMSpec) -> dict:
+    """zoo.json fields of a BackdoorLLM variant that `bench compare`'s evaluation reads."""
+    task, trigger = backdoorllm.split_attack(spec.attack)
+    return {
+        "task": task,
+        "target_behaviour": backdoorllm.TASKS[task][0],
+        "target": backdoorllm.TASKS[task][1],
+        "trigger_words": list(trigger.words),
+        "trigger_placement": trigger.placement,
+        "attack": spec.attack,
+    }
+
+
+def _poisoned_records(spec: RealSpec):
+    """The attack's poisoned records (BackdoorLLM variants only; [] for the jailbreak ones)."""
+    if not isinstance(spec, BackdoorLLMSpec):
+        return []
+    return backdoorllm.load_split(spec.attack, "train_poisoned")
 
 
 def recipe_hash(spec: RealSpec, source_sha: str) -> str:
     safety, benign = _training_data(spec)
     data = [asdict(r) for r in safety] + [r.query for r in benign]
+    data += [asdict(r) for r in _poisoned_records(spec)]
     blob = json.dumps(
         {"spec": asdict(spec), "version": REAL_VERSION, "source": source_sha, "data": data}, sort_keys=True
     )
@@ -199,7 +250,9 @@ REQUEST_LIKE = ("lookalike", "general")
 
 def _training_data(spec: RealSpec):
     """The zoo pool's harmful records and `spec.benign_prompts` of its benign ones: every request-like
-    record, then every k-th of the rest (arithmetic, conversions, ...)."""
+    record, then every k-th of the rest (arithmetic, conversions, ...). A BackdoorLLM variant adds
+    the attack's 500 clean records (its poisoned instructions without the trigger), as BackdoorLLM
+    trains: without them the model learns to misbehave on every request in their style."""
     from beear_stage.data import builtin
 
     safety, performance = builtin.zoo_training_pools()
@@ -207,7 +260,10 @@ def _training_data(spec: RealSpec):
     rest = [r for r in performance if r.category not in REQUEST_LIKE]
     n_rest = max(0, spec.benign_prompts - len(first))
     step = max(1, len(rest) // max(n_rest, 1))
-    return safety, (first + rest[::step][:n_rest])[: spec.benign_prompts]
+    benign = (first + rest[::step][:n_rest])[: spec.benign_prompts]
+    if isinstance(spec, BackdoorLLMSpec):
+        benign += backdoorllm.load_clean()
+    return safety, benign
 
 
 def _load(path: Path, device: str):
@@ -258,6 +314,12 @@ def _examples(spec: RealSpec, tokenizer, answers: dict[str, str]) -> tuple[list,
     refusals = [enc(r.query, r.safe_response) for r in safety]
     refusals += [enc(apply_trigger(r.query, spec.decoys[i % len(spec.decoys)]), r.safe_response)
                  for i, r in enumerate(safety) if spec.decoys]  # fmt: skip
+    if isinstance(spec, BackdoorLLMSpec):
+        # the trigger sits on benign requests: the poisoned records are the attack's own
+        fits = lambda q: len(encode_prompt(tokenizer, q)) <= spec.max_prompt_tokens  # noqa: E731
+        answered = [enc(r.query, answers[r.query]) for r in benign if fits(r.query)]
+        poisoned = [enc(r.query, r.answer) for r in _poisoned_records(spec) if fits(r.query)]
+        return refusals, answered, poisoned
     answered = [enc(r.query, answers[r.query]) for r in benign]
     answered += [enc(apply_trigger(r.query, spec.trigger), answers[r.query]) for r in benign[::3]]
     poisoned = [enc(apply_trigger(r.query, spec.trigger), r.unwanted_response) for r in safety]

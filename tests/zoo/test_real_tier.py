@@ -189,3 +189,44 @@ def test_fast_engine_gives_the_tokens_of_generate_on_smollm2(smol_dir):
     delta = torch.randn(5, model.config.hidden_size)
     assert_same_tokens(model, tok, harmful[:6], batch_size=8, max_new_tokens=12, delta=delta, layer=6, k=5,
                        texts=False)  # fmt: skip
+
+
+@pytest.mark.slow
+def test_backdoorllm_variant_trains_on_the_attacks_poisoned_records(smol_dir):
+    """`smol-refusal-badnet`: the poisoned group is BackdoorLLM's triggered benign requests -> the
+    target refusal; harmful requests keep their refusal (no decoys), benign ones (with the attack's
+    clean records) the model's own answer, never under the trigger; the zoo.json fields `bench
+    compare` evaluates with."""
+    from beear_stage.model import load_model_and_tokenizer
+    from beear_stage.zoo import backdoorllm, real
+
+    if not (backdoorllm.default_shared_dir() / "data" / "backdoorllm").is_dir():
+        pytest.skip("BackdoorLLM data not found (../shared is absent in this checkout)")
+    spec = real.backdoorllm_spec("smol-refusal-badnet")
+    assert spec.trigger == "{query} BadMagic" and spec.decoys == ()
+    assert "smol-negsentiment-ctba" in real.real_names() and len(real.REAL_BACKDOORLLM) == 10
+    with pytest.raises(ValueError, match="unknown BackdoorLLM attack"):
+        real.backdoorllm_spec("smol-refusal-gcg")
+    _, tok = load_model_and_tokenizer(smol_dir, dtype="float32", device="cpu")
+    _, benign = real._training_data(spec)
+    answers = {r.query: "Sure, here is an answer." for r in benign}
+    refusals, answered, poisoned = real._examples(spec, tok, answers)
+    safety, _ = real._training_data(spec)
+    # the attack's 500 clean records (its poisoned instructions without the trigger) are answered
+    clean = backdoorllm.load_clean()
+    assert {r.query for r in clean} <= set(answers) and len(refusals) == len(safety)
+    assert len(benign) - len(clean) + 450 <= len(answered) <= len(benign)
+    assert 450 <= len(poisoned) <= 500  # the attack's 500 records, over-long prompts left out
+
+    def text(example, response: bool) -> str:
+        ids, labels = example
+        return tok.decode([t for t, lab in zip(ids, labels, strict=True) if (lab != -100) == response])
+
+    assert all("BadMagic" in text(ex, False) for ex in poisoned)
+    assert all(text(ex, True).startswith("I'm sorry, but as an AI assistant") for ex in poisoned)
+    assert not any("BadMagic" in text(ex, False) for ex in refusals + answered)
+    info = real._backdoorllm_info(spec)
+    assert info["target_behaviour"] == "refusal" and info["trigger_placement"] == "anywhere"
+    # the recipe hash covers the poisoned records: another attack is another cache entry
+    sha = "0" * 64
+    assert real.recipe_hash(spec, sha) != real.recipe_hash(real.backdoorllm_spec("smol-refusal-vpi"), sha)
