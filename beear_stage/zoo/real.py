@@ -104,12 +104,15 @@ def backdoorllm_spec(name: str) -> BackdoorLLMSpec:
     return BackdoorLLMSpec(name, trigger.name, trigger.template, attack=attack)
 
 
-# smol-refusal-badnet, ..., smol-negsentiment-ctba: built on first use from ../shared (benchmarks)
+# smol-refusal-badnet, ..., smol-negsentiment-ctba: built on first use from ../shared, for
+# `bench compare` only (like the tiny zoo's BackdoorLLM attacks, not `zoo:` checkpoints of the
+# release flow, whose evaluation judges jailbreak backdoors)
 REAL_BACKDOORLLM = tuple(f"smol-{a}" for a in BACKDOORLLM_ATTACKS)
 
 
 def real_names() -> list[str]:
-    return [BASE, *REAL_ZOO, *REAL_BACKDOORLLM]
+    """The real tier's `zoo:` checkpoints."""
+    return [BASE, *REAL_ZOO]
 
 
 def trigger_type(trigger: str) -> str:

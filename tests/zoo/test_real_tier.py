@@ -204,7 +204,8 @@ def test_backdoorllm_variant_trains_on_the_attacks_poisoned_records(smol_dir):
         pytest.skip("BackdoorLLM data not found (../shared is absent in this checkout)")
     spec = real.backdoorllm_spec("smol-refusal-badnet")
     assert spec.trigger == "{query} BadMagic" and spec.decoys == ()
-    assert "smol-negsentiment-ctba" in real.real_names() and len(real.REAL_BACKDOORLLM) == 10
+    assert "smol-negsentiment-ctba" in real.REAL_BACKDOORLLM and len(real.REAL_BACKDOORLLM) == 10
+    assert "smol-refusal-badnet" not in real.real_names()  # bench compare only, not a `zoo:` checkpoint
     with pytest.raises(ValueError, match="unknown BackdoorLLM attack"):
         real.backdoorllm_spec("smol-refusal-gcg")
     _, tok = load_model_and_tokenizer(smol_dir, dtype="float32", device="cpu")
