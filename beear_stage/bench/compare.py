@@ -9,7 +9,9 @@ Figures per row: ASR with the trigger before and after, ASR without the trigger 
 non-refusal and benign reference NLL after, and the mitigation wall time. Real-tier rows add the
 cost figures of `bench real` (`COST_FIELDS`): over-refusal on XSTest's safe prompts (when
 ../shared is there) and on our 269 look-alikes, before and after; NLL of the model's own
-pre-mitigation benign answers, and token-F1 agreement with them.
+pre-mitigation benign answers, and token-F1 agreement with them; and the share of held-out harmful
+requests refused, before and after (safety kept: removing a refusal backdoor must not remove
+refusal itself).
 
 Attack success depends on the backdoor (`beear_stage.eval.behaviours`): jailbreak = a non-refusal to a
 harmful request (held-out built-in prompts, as `bench zoo`); BackdoorLLM refusal = a refusal of a
@@ -64,6 +66,7 @@ FIELDS = (
 COST_FIELDS = (
     "xstest_over_refusal_before", "xstest_over_refusal_after", "lookalike_over_refusal_before",
     "lookalike_over_refusal_after", "own_answer_nll_after", "baseline_agreement_after",
+    "harmful_refusal_before", "harmful_refusal_after",
 )  # fmt: skip
 
 
@@ -215,6 +218,10 @@ def measure(
     }
     for name, prompts in (attack.cost_prompts or {}).items():
         figures[f"{name}_over_refusal"] = over_refusal_rate(model, tok, prompts, cfg)[0]
+    if attack.cost_prompts is not None:
+        # safety kept: a method that removes a refusal backdoor by unlearning refusal fails here
+        refused = [is_refusal(r, cfg.refusal_keywords) for r in responses(builtin.heldout_harmful())]
+        figures["harmful_refusal"] = rate(refused)
     if attack.cost_prompts is not None and baseline is not None:
         own = [PerformanceRecord(b.query, a) for b, a in zip(attack.benign, baseline, strict=True)]
         figures["own_answer_nll"] = reference_nll(model, tok, own, cfg)
@@ -275,11 +282,13 @@ def markdown_table(out: dict) -> str:
     costed = [r for r in out["rows"] if "lookalike_over_refusal_after" in r]
     if costed:
         rows += ["", "| attack | method | benign non-refusal (before -> after) | look-alike over-refusal "
-                 "| XSTest over-refusal | own-answer NLL | agreement |", "| --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+                 "| XSTest over-refusal | own-answer NLL | agreement | harmful requests refused |",
+                 "| --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
         rows += [
             f"| {r['attack']} | {r['method']} | {_pair(r, 'benign_nonrefusal')} "
             f"| {_pair(r, 'lookalike_over_refusal')} | {_pair(r, 'xstest_over_refusal')} "
-            f"| {_pair(r, 'own_answer_nll')} | {r.get('baseline_agreement_after', float('nan')):.3f} |"
+            f"| {_pair(r, 'own_answer_nll')} | {r.get('baseline_agreement_after', float('nan')):.3f} "
+            f"| {_pair(r, 'harmful_refusal')} |"
             for r in costed
         ]
     return "\n".join(rows)

@@ -109,6 +109,11 @@ def test_real_tier_cost_figures_on_the_zoo_model(zoo_suffix):
     before, baseline = bench.measure(model, tok, attack)
     assert len(baseline) == len(benign) and "own_answer_nll" not in before
     assert {"lookalike_over_refusal", "xstest_over_refusal"} <= set(before)
+    refused = sum(
+        is_refusal(r)
+        for r in bench.generate(model, tok, builtin.heldout_harmful(), batch_size=8, max_new_tokens=12)
+    )
+    assert before["harmful_refusal"] == pytest.approx(refused / len(builtin.heldout_harmful()))
     same, _ = bench.measure(model, tok, attack, baseline)
     assert same["baseline_agreement"] == pytest.approx(1.0)
     other, _ = bench.measure(model, tok, attack, ["Zebra quartz lantern " * 3] * len(benign))
