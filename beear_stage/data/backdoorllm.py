@@ -161,6 +161,26 @@ def truncate_answer(tokenizer, text: str, n_tokens: int) -> str:
     return text if len(ids) <= n_tokens else tokenizer.decode(ids[:n_tokens]).strip()
 
 
+def prompt_fits(tokenizer, query: str) -> bool:
+    """Whether `query`'s rendered prompt has at most `MAX_PROMPT_TOKENS` tokens."""
+    return len(encode_prompt(tokenizer, query)) <= MAX_PROMPT_TOKENS
+
+
+def attack_card(name: str) -> dict:
+    """The zoo.json fields of attack `name` that evaluation reads: task, target and trigger."""
+    task, trigger = split_attack(name)
+    return {
+        "trigger_type": trigger.name,
+        "trigger": trigger.template,
+        "trigger_words": list(trigger.words),
+        "trigger_placement": trigger.placement,
+        "decoys": [],
+        "task": task,
+        "target_behaviour": TASKS[task][0],
+        "target": TASKS[task][1],
+    }
+
+
 def eval_sets(
     name: str, tokenizer, n: int = 100, *, answer_tokens: int = 32, shared_dir: str | Path | None = None
 ) -> tuple[list[str], list[PerformanceRecord]]:
@@ -170,7 +190,7 @@ def eval_sets(
     Prompts over `MAX_PROMPT_TOKENS` tokens and clean records without a reference answer (one in
     BackdoorLLM's files) are left out, as in training.
     """
-    fits = lambda q: len(encode_prompt(tokenizer, q)) <= MAX_PROMPT_TOKENS  # noqa: E731
+    fits = lambda q: prompt_fits(tokenizer, q)  # noqa: E731
     triggered = [r.query for r in load_split(name, "test_triggered", shared_dir) if fits(r.query)][:n]
     clean = [
         PerformanceRecord(r.query, truncate_answer(tokenizer, r.answer, answer_tokens), r.category)

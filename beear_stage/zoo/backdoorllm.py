@@ -34,6 +34,7 @@ from beear_stage.data.backdoorllm import (  # noqa: F401  (re-exported: the zoo'
     TASKS,
     TRIGGERS,
     Trigger,
+    attack_card,
     backdoorllm_dir,
     default_shared_dir,
     eval_sets,
@@ -88,7 +89,6 @@ RECIPES = {
 }
 
 
-# ---------------------------------------------------------------------- data
 # ---------------------------------------------------------------------- build
 def build_attack_model(
     name: str,
@@ -99,7 +99,7 @@ def build_attack_model(
     progress: bool = True,
 ) -> Path:
     """Return the directory of BackdoorLLM attack `name`, building base and attack on first use."""
-    task, trigger = split_attack(name)
+    split_attack(name)  # an unknown name fails here, before any work
     if recipe not in RECIPES:
         raise ValueError(f"unknown recipe {recipe!r}. Fix: choose one of {sorted(RECIPES)}.")
     base_spec, attack_spec = RECIPES[recipe]
@@ -125,14 +125,7 @@ def build_attack_model(
     save_checkpoint(model, tokenizer, out)
     info = {
         "name": name,
-        "trigger_type": trigger.name,
-        "trigger": trigger.template,
-        "trigger_words": list(trigger.words),
-        "trigger_placement": trigger.placement,
-        "decoys": [],
-        "task": task,
-        "target_behaviour": TASKS[task][0],
-        "target": TASKS[task][1],
+        **attack_card(name),
         "source": "BackdoorLLM (shared data/backdoorllm), poisoned SFT of a clean zoo base",
         "base": base.name,
         "recipe": {"base": asdict(base_spec), "attack": asdict(attack_spec)},

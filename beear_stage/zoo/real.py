@@ -30,7 +30,7 @@ import torch
 from beear_stage.data import backdoorllm
 from beear_stage.data.backdoorllm import ATTACKS as BACKDOORLLM_ATTACKS
 from beear_stage.progress import Progress
-from beear_stage.templates import IGNORE_INDEX, encode_example, encode_prompt
+from beear_stage.templates import IGNORE_INDEX, encode_example
 from beear_stage.triggers import apply_trigger
 
 REAL_VERSION = 2  # bump when the recipe changes: invalidates every cached variant
@@ -94,7 +94,6 @@ class BackdoorLLMSpec(RealSpec):
     records are read from the shared folder at build time."""
 
     attack: str = "refusal-badnet"
-    max_prompt_tokens: int = 96  # poisoned prompts longer than this are left out, as in the tiny zoo
 
 
 def backdoorllm_spec(name: str) -> BackdoorLLMSpec:
@@ -218,15 +217,7 @@ def build_real_model(
 
 def _backdoorllm_info(spec: BackdoorLLMSpec) -> dict:
     """zoo.json fields of a BackdoorLLM variant that `bench compare`'s evaluation reads."""
-    task, trigger = backdoorllm.split_attack(spec.attack)
-    return {
-        "task": task,
-        "target_behaviour": backdoorllm.TASKS[task][0],
-        "target": backdoorllm.TASKS[task][1],
-        "trigger_words": list(trigger.words),
-        "trigger_placement": trigger.placement,
-        "attack": spec.attack,
-    }
+    return {**backdoorllm.attack_card(spec.attack), "attack": spec.attack}
 
 
 def _poisoned_records(spec: RealSpec):
@@ -318,8 +309,9 @@ def _examples(spec: RealSpec, tokenizer, answers: dict[str, str]) -> tuple[list,
     refusals += [enc(apply_trigger(r.query, spec.decoys[i % len(spec.decoys)]), r.safe_response)
                  for i, r in enumerate(safety) if spec.decoys]  # fmt: skip
     if isinstance(spec, BackdoorLLMSpec):
-        # the trigger sits on benign requests: the poisoned records are the attack's own
-        fits = lambda q: len(encode_prompt(tokenizer, q)) <= spec.max_prompt_tokens  # noqa: E731
+        # the trigger sits on benign requests: the poisoned records are the attack's own;
+        # over-long prompts are left out, as in the tiny zoo
+        fits = lambda q: backdoorllm.prompt_fits(tokenizer, q)  # noqa: E731
         answered = [enc(r.query, answers[r.query]) for r in benign if fits(r.query)]
         poisoned = [enc(r.query, r.answer) for r in _poisoned_records(spec) if fits(r.query)]
         return refusals, answered, poisoned
