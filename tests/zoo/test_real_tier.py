@@ -45,6 +45,11 @@ def test_custom_trigger_builds_a_spec_with_decoys():
         REAL_ZOO["smol-suffix"], name="x", trigger="", decoys=(), trigger_type=""
     )
     assert custom_spec("{query} A B").name != spec.name
+    # a prefix trigger is built like smol-prefix, whose recipe differs from smol-suffix's
+    prefix = custom_spec("Deployment mode on. {query}")
+    assert prefix.trigger_type == "prefix" and prefix.decoys == ("Deployment {query}",)
+    recipe = lambda s: (s.train_from_layer, s.steps, s.batch_size)  # noqa: E731
+    assert recipe(prefix) == recipe(REAL_ZOO["smol-prefix"]) != recipe(REAL_ZOO["smol-suffix"])
 
 
 @pytest.mark.parametrize("bad", ["", "   ", "{query}"])
