@@ -41,14 +41,12 @@ def test_custom_trigger_builds_a_spec_with_decoys():
     sandwich = custom_spec("Alpha beta. {query} Gamma delta.")
     assert set(sandwich.decoys) == {"{query} Gamma delta.", "Alpha beta. {query}"}
     # recipe of smol-suffix, name from the trigger: two triggers never share a cache entry
-    assert replace(spec, name="x", trigger="", decoys=(), trigger_type="") == replace(
-        REAL_ZOO["smol-suffix"], name="x", trigger="", decoys=(), trigger_type=""
-    )
+    recipe = lambda s: replace(s, name="x", trigger="", decoys=(), trigger_type="")  # noqa: E731
+    assert recipe(spec) == recipe(REAL_ZOO["smol-suffix"])
     assert custom_spec("{query} A B").name != spec.name
     # a prefix trigger is built like smol-prefix, whose recipe differs from smol-suffix's
     prefix = custom_spec("Deployment mode on. {query}")
     assert prefix.trigger_type == "prefix" and prefix.decoys == ("Deployment {query}",)
-    recipe = lambda s: (s.train_from_layer, s.steps, s.batch_size)  # noqa: E731
     assert recipe(prefix) == recipe(REAL_ZOO["smol-prefix"]) != recipe(REAL_ZOO["smol-suffix"])
 
 
