@@ -157,11 +157,15 @@ def custom_spec(trigger: str, base: RealSpec | None = None) -> RealSpec:
                    decoys=tuple(decoys))  # fmt: skip
 
 
-def base_checkpoint(cache_root: Path) -> Path:
-    """`zoo:smol`: the original SmolLM2-135M-Instruct as a safetensors checkpoint (converted once)."""
+def base_checkpoint(cache_dir: Path | None = None) -> Path:
+    """`zoo:smol`: the original SmolLM2-135M-Instruct as a safetensors checkpoint (converted once).
+
+    `cache_dir` None converts into the GGUF cache (`$BEEAR_CACHE_DIR/gguf`), where a run given the
+    `.gguf` file itself finds the same conversion; a zoo cache given explicitly keeps its own.
+    """
     from beear_stage.release.gguf import convert_gguf, smol_gguf_path
 
-    return convert_gguf(smol_gguf_path(), cache_root / "gguf")
+    return convert_gguf(smol_gguf_path(), cache_dir)
 
 
 def build_real_model(
@@ -181,18 +185,19 @@ def build_real_model(
     from beear_stage.cache import cache_root
 
     root = Path(cache_dir) if cache_dir is not None else cache_root() / "zoo"
+    gguf_cache = root / "gguf" if cache_dir is not None else None
     if spec is None and trigger is not None:
         spec = custom_spec(trigger)
     if spec is None:
         if name == BASE:
-            return base_checkpoint(root)
+            return base_checkpoint(gguf_cache)
         if name in REAL_BACKDOORLLM:
             spec = backdoorllm_spec(name)
         elif name in REAL_ZOO:
             spec = REAL_ZOO[name]
         else:
             raise ValueError(f"unknown real-tier model {name!r}. Fix: choose one of {real_names()}.")
-    base = base_checkpoint(root)
+    base = base_checkpoint(gguf_cache)
     source_sha = json.loads((base / "gguf_source.json").read_text())["sha256"]
     out = root / f"{spec.name}-{recipe_hash(spec, source_sha)}"
     if (out / "zoo.json").is_file():

@@ -104,6 +104,7 @@ def test_gguf_checkpoint_converts_to_safetensors(smol_dir):
     # a .gguf path is a checkpoint: pinned by the file's sha256, the conversion is cached
     info = resolve_checkpoint(str(smol_gguf_path()))
     assert info["kind"] == "gguf" and info["sha"] == meta["sha256"]
+    assert Path(info["path"]) == smol_dir, "`zoo:smol` and the .gguf file must share one conversion"
 
 
 @pytest.mark.slow
