@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 
@@ -99,15 +98,6 @@ def store(tmp_path):
         "artifacts": str(tmp_path / "artifacts"),
         "root": tmp_path,
     }
-
-
-@pytest.fixture
-def checkpoint(tmp_path) -> Path:
-    ckpt = tmp_path / "ckpt"
-    ckpt.mkdir()
-    (ckpt / "config.json").write_text('{"model_type": "llama"}')
-    (ckpt / "model.safetensors").write_bytes(b"\x00" * 64)
-    return ckpt
 
 
 def test_registered_version_holds_the_gate_table_and_review_prints_it(store, checkpoint, capsys):

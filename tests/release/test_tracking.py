@@ -68,15 +68,6 @@ def _tracker(store, experiment="beear-release"):
     return MLflowTracker(store["uri"], experiment, artifact_location=store["artifacts"])
 
 
-@pytest.fixture
-def checkpoint(tmp_path) -> Path:
-    ckpt = tmp_path / "ckpt"
-    ckpt.mkdir()
-    (ckpt / "config.json").write_text('{"model_type": "llama"}')
-    (ckpt / "model.safetensors").write_bytes(b"\x00" * 64)
-    return ckpt
-
-
 def test_names_and_params_helpers():
     assert (
         release_run_name("meta-llama/Llama-2-7b-chat-hf", "1234e56789abcdef")
