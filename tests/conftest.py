@@ -28,6 +28,18 @@ os.environ.setdefault(
 sys.path.insert(0, str(TESTS))  # `import hub_standin`, `import helpers`
 
 
+@pytest.fixture(autouse=True)
+def _torch_threads():
+    """Give every test torch's thread count as the session found it: a test that sets its own (the
+    distributed test's single-process reference runs on 1 thread) must not slow every later test."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def prefect_harness():
     """A temporary Prefect API (SQLite in a temp dir) for the whole session."""
