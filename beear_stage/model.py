@@ -6,6 +6,10 @@ final norm and the LM head. Both reuse the architecture's own forward (masks, ro
 sliding windows) by narrowing `model.model.layers` for the duration of the call, so any
 decoder-only model exposing `model.model.layers` and accepting `inputs_embeds` works.
 
+Both also continue a `prefix_cache`: the keys and values of every layer for the positions before
+the first one delta reaches. Under a causal mask those positions never see delta, so the inner
+level computes them once per round and runs only the rest of each row at every step.
+
 Checkpoints are untrusted: weights load from safetensors only, `trust_remote_code` is never set,
 and every file rule (symlinks, `auto_map`, JSON, config vs safetensors headers) lives in
 `beear_stage.release.intake`, which runs before anything loads.
@@ -91,12 +95,21 @@ def _narrowed(model, layers: list[nn.Module], final_norm: bool):
 
 
 def lower_hidden(
-    model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, layer: int
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    layer: int,
+    prefix: PrefixCache | None = None,
 ) -> torch.Tensor:
-    """h_l: the hidden state after the first `layer` decoder layers. Shape (B, T, H)."""
+    """h_l: the hidden state after the first `layer` decoder layers. Shape (B, T, H).
+
+    With `prefix`, `input_ids` continue the cached positions (then `attention_mask` must be None).
+    """
     layers = list(decoder_layers(model))
     with _narrowed(model, layers[:layer], final_norm=False) as base:
-        out = base(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        out = base(
+            input_ids=input_ids, attention_mask=attention_mask, **_continuing(model, prefix, attention_mask)
+        )
     return out.last_hidden_state
 
 
@@ -106,17 +119,67 @@ def upper_logits(
     attention_mask: torch.Tensor | None,
     layer: int,
     positions: torch.Tensor | None = None,
+    prefix: PrefixCache | None = None,
 ) -> torch.Tensor:
     """Logits of the layers above `layer` applied to `hidden` (= h_l, possibly + delta).
 
     Shape (B, T, V); with `positions`, flat indices (N,) into the B * T positions, only those go
     through the LM head and the result is (N, V) (a response loss needs no logits over the prompt
-    or the padding: saves LM-head FLOPs and the memory of (B, T, V) logits).
+    or the padding: saves LM-head FLOPs and the memory of (B, T, V) logits). With `prefix`,
+    `hidden` continues the cached positions (then `attention_mask` must be None).
     """
     layers = list(decoder_layers(model))
     with _narrowed(model, layers[layer:], final_norm=True) as base:
-        out = base(inputs_embeds=hidden, attention_mask=attention_mask, use_cache=False)
+        out = base(
+            inputs_embeds=hidden, attention_mask=attention_mask, **_continuing(model, prefix, attention_mask)
+        )
     return _head(model, out.last_hidden_state, positions)
+
+
+class PrefixCache:
+    """Keys and values of every decoder layer for a padding-free prefix of a batch's rows.
+
+    Built by `prefix_cache` under `torch.no_grad()`; `lower_hidden` and `upper_logits` continue it
+    for the rest of the rows. A forward appends to the cache it is given, so each call gets a
+    fresh cache (`fresh`) built from these tensors, and the prefix stays as it is for the next step.
+    """
+
+    def __init__(self, config, tensors: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        self.config, self.tensors = config, tensors
+
+    @property
+    def length(self) -> int:
+        return self.tensors[0][0].shape[-2]
+
+    def rows(self, index: torch.Tensor) -> PrefixCache:
+        """The cache of the rows `index` (a micro-batch of the batch it was built for)."""
+        return PrefixCache(
+            self.config, [(k.index_select(0, index), v.index_select(0, index)) for k, v in self.tensors]
+        )
+
+    def fresh(self):
+        from transformers import DynamicCache
+
+        return DynamicCache(ddp_cache_data=self.tensors, config=self.config)
+
+
+def prefix_cache(model, input_ids: torch.Tensor) -> PrefixCache:
+    """Run the whole decoder on `input_ids` (B, S), which hold no padding, and keep every layer's
+    keys and values. Call under `torch.no_grad()`: the cached positions are constants."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=model.config)
+    model.model(input_ids=input_ids, cache=cache, use_cache=True)
+    return PrefixCache(model.config, [(k, v) for k, v, *_ in cache])
+
+
+def _continuing(model, prefix: PrefixCache | None, attention_mask: torch.Tensor | None) -> dict:
+    """Forward keywords: no cache, or a fresh copy of `prefix` to continue (positions follow it)."""
+    if prefix is None:
+        return {"use_cache": False}
+    if attention_mask is not None:
+        raise ValueError("a forward that continues a prefix cache takes no attention mask (right padding)")
+    return {"cache": prefix.fresh(), "use_cache": True}
 
 
 def add_delta(hidden: torch.Tensor, delta: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:

@@ -30,6 +30,7 @@ import datetime as _dt
 import itertools
 import json
 import platform
+import random
 import time
 from pathlib import Path
 
@@ -247,6 +248,19 @@ def phase_flops(cfg, model, tok, safety, perf) -> dict[str, F.FlopCount]:
     f_pa = min(cfg.pa_batch_size, len(perf)) / max(len(perf), 1) if cfg.pa_weight > 0 else 0.0
     all_w = cfg.trainable == "all"
     w_layers = n if all_w else l_
+    # The inner level's prefix cache (BEEAR.prepare_entrapment): per chunk of SA, the columns
+    # before the shortest prompt's last k run once through every layer; the rest of each row runs
+    # through the lower layers once and through the upper layers at every step.
+    prompts = [encode_example(tok, r.query, r.safe_response, cfg.max_length).prompt_len for r in safety]
+    order = list(range(len(safety)))
+    random.Random(cfg.seed).shuffle(order)
+    size = min(cfg.inner_batch_size, len(safety))
+    prefix = [0] * len(safety)
+    for i in range(0, len(order), size):
+        chunk = order[i : i + size]
+        start = max(min(prompts[j] for j in chunk) - cfg.k, 0)
+        for j in chunk:
+            prefix[j] = start
 
     def outer(rows, head_tokens):
         return F.pass_flops(
@@ -254,10 +268,12 @@ def phase_flops(cfg, model, tok, safety, perf) -> dict[str, F.FlopCount]:
             lm_head_tokens=head_tokens, lm_head_input_grad=True, lm_head_weight_grad=all_w,
         )  # fmt: skip
 
-    cache = F.pass_flops(shape, sa_rows, forward_layers=l_, lm_head_tokens=0)  # h_l, once per round
+    cache = F.pass_flops(shape, prefix, forward_layers=n, lm_head_tokens=0) + F.pass_flops(
+        shape, sa_rows, forward_layers=l_, lm_head_tokens=0, cached_prefix=prefix + prefix
+    )  # once per round: the shared prefix through every layer, h_l of the rest
     step = F.pass_flops(
         shape, sa_rows, forward_layers=n - l_, input_grad_layers=n - l_,
-        lm_head_tokens=resp_u + resp_s, lm_head_input_grad=True,
+        lm_head_tokens=resp_u + resp_s, lm_head_input_grad=True, cached_prefix=prefix + prefix,
     )  # fmt: skip
     naive_step = F.pass_flops(
         shape, sa_rows, forward_layers=n, input_grad_layers=n, weight_grad_layers=n,
@@ -272,7 +288,7 @@ def phase_flops(cfg, model, tok, safety, perf) -> dict[str, F.FlopCount]:
         "outer": per_round_outer.scaled(cfg.rounds),
         "naive_inner": naive_step.scaled(f_inner * cfg.inner_steps * cfg.rounds),
         "_tokens": {
-            "inner": sum(sa_rows) * f_inner * cfg.inner_steps * cfg.rounds,
+            "inner": (sum(sa_rows) - 2 * sum(prefix)) * f_inner * cfg.inner_steps * cfg.rounds,
             "outer": (sum(safe) * f_sa + sum(pa) * f_pa) * cfg.outer_steps * cfg.rounds,
             "mean_sa_tokens": sum(sa_rows) / len(sa_rows),
             "mean_pa_tokens": sum(pa) / max(len(pa), 1),

@@ -16,7 +16,10 @@ model's own greedy answers, and `pa_delta_weight` adds the PA term under delta*.
 
 delta has shape (k, hidden) and is added to the output of decoder layer l at the last k prompt
 positions. The inner level only needs the layers above l, so h_l is computed once per round
-(no gradients) and reused for every inner step.
+(no gradients) and reused for every inner step. Under the causal mask the positions before the
+first one delta reaches never see it: their keys and values in every layer are computed once per
+round too (`model.prefix_cache`), and each inner step runs only the rest of the rows (the last k
+prompt positions and the response) through the layers above l.
 """
 
 from __future__ import annotations
@@ -49,10 +52,12 @@ from beear_stage.methods.optim import (
 )
 from beear_stage.methods.result import MitigationResult
 from beear_stage.model import (
+    PrefixCache,
     add_delta,
     check_supported,
     full_logits,
     lower_hidden,
+    prefix_cache,
     upper_logits,
 )
 from beear_stage.templates import Batch, EncodedExample, collate, encode_example, last_k_positions, pad_id_of
@@ -66,6 +71,21 @@ class _SafetyBatch:
 
     unwanted: Batch
     safe: Batch
+
+
+@dataclass
+class _Entrapment:
+    """One SA batch made ready for the inner steps of a round (model frozen, no gradients).
+
+    `batch` holds the columns from the first position delta reaches on (the whole rows when
+    `prefix` is None); `prefix` the keys and values of the columns before it, shared by both
+    responses; `h_unwanted` / `h_safe` h_l of `batch`'s columns.
+    """
+
+    batch: _SafetyBatch
+    prefix: PrefixCache | None
+    h_unwanted: torch.Tensor
+    h_safe: torch.Tensor
 
 
 class BEEAR:
@@ -174,13 +194,13 @@ class BEEAR:
         """Inner level: minimise the entrapment loss over delta on cached h_l (no weight gradients)."""
         cfg = self.cfg
         chunks = self._safety_batches(self.dist.local_batch(cfg.inner_batch_size))[: max(1, cfg.inner_steps)]
-        with torch.no_grad():  # h_l of the frozen lower layers, once per round, for the chunks used
-            cached = [(b, self._hidden(b.unwanted), self._hidden(b.safe)) for b in chunks]
+        with torch.no_grad():  # what never sees delta, once per round, for the chunks used
+            cached = [self.prepare_entrapment(b) for b in chunks]
         # RMS(h_l) where delta acts (the last k prompt positions, never padding), over every shard.
-        acts = torch.cat([_at_delta_positions(b.unwanted, h, cfg.k) for b, h, _ in cached])
+        acts = torch.cat([_at_delta_positions(c.batch.unwanted, c.h_unwanted, cfg.k) for c in cached])
         moments = self.dist.all_reduce_sum(torch.stack([acts.pow(2).sum(), acts.new_tensor(acts.numel())]))
         scale = (moments[0] / moments[1]).sqrt()
-        hidden_size = cached[0][1].shape[-1]
+        hidden_size = cached[0].h_unwanted.shape[-1]
         if previous is None or cfg.delta_reset:
             delta = torch.zeros(cfg.k, hidden_size, device=self.device, dtype=torch.float32)
         else:
@@ -192,9 +212,11 @@ class BEEAR:
         )
         with _frozen(self.model):
             for step in range(cfg.inner_steps):
-                batch, h_unwanted, h_safe = cached[step % len(cached)]
+                c = cached[step % len(cached)]
                 opt.zero_grad(set_to_none=True)
-                loss, ce_unwanted, ce_safe = self.entrapment_backward(batch, delta, h_unwanted, h_safe)
+                loss, ce_unwanted, ce_safe = self.entrapment_backward(
+                    c.batch, delta, c.h_unwanted, c.h_safe, prefix=c.prefix
+                )
                 opt.step()
                 if bound is not None:
                     with torch.no_grad():  # project each position's row onto the L2 ball
@@ -242,7 +264,12 @@ class BEEAR:
 
     # ------------------------------------------------------------------ gradients of the two levels
     def entrapment_backward(
-        self, batch: _SafetyBatch, delta: torch.Tensor, h_unwanted: torch.Tensor, h_safe: torch.Tensor
+        self,
+        batch: _SafetyBatch,
+        delta: torch.Tensor,
+        h_unwanted: torch.Tensor,
+        h_safe: torch.Tensor,
+        prefix: PrefixCache | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Leave d `losses.entrapment_loss` / d delta in `delta.grad`; return (loss, CE(y_h), CE(y_s)).
 
@@ -252,10 +279,10 @@ class BEEAR:
         of the loss function.
         """
         cfg = self.cfg
-        ce_unwanted = self._backward_ce(batch.unwanted, delta, 1.0, hidden=h_unwanted)
+        ce_unwanted = self._backward_ce(batch.unwanted, delta, 1.0, hidden=h_unwanted, prefix=prefix)
         self.dist.sync_grads([delta])
         grad_unwanted, delta.grad = delta.grad, None
-        ce_safe = self._backward_ce(batch.safe, delta, -cfg.alpha, hidden=h_safe)
+        ce_safe = self._backward_ce(batch.safe, delta, -cfg.alpha, hidden=h_safe, prefix=prefix)
         self.dist.sync_grads([delta])
         delta.grad = grad_unwanted + delta.grad * (ce_safe <= cfg.alpha_cap)
         return entrapment_loss(ce_unwanted, ce_safe, cfg.alpha, cfg.alpha_cap), ce_unwanted, ce_safe
@@ -298,10 +325,26 @@ class BEEAR:
             )
         return out
 
-    def _hidden(self, batch: Batch) -> torch.Tensor:
-        """h_l of a host batch, computed with its padding mask."""
+    def prepare_entrapment(self, batch: _SafetyBatch, *, share_prefix: bool = True) -> _Entrapment:
+        """What the inner steps reuse for `batch`: h_l and, with `share_prefix`, the prefix cache.
+
+        The prefix ends where the first row's delta begins (the shortest prompt minus k). Its
+        columns hold no padding (right padding, every prompt is longer) and the same tokens in
+        both responses' batches, so one cache serves both. Call under `torch.no_grad()`.
+        """
+        start = int(batch.unwanted.prompt_lens.min()) - self.cfg.k
+        same = torch.equal(batch.unwanted.input_ids[:, :start], batch.safe.input_ids[:, :start])
+        if not share_prefix or start < 1 or not same:
+            return _Entrapment(batch, None, self._hidden(batch.unwanted), self._hidden(batch.safe))
+        prefix = prefix_cache(self.model, batch.unwanted.input_ids[:, :start].to(self.device))
+        rest = _SafetyBatch(_columns_from(batch.unwanted, start), _columns_from(batch.safe, start))
+        return _Entrapment(rest, prefix, self._hidden(rest.unwanted, prefix), self._hidden(rest.safe, prefix))
+
+    def _hidden(self, batch: Batch, prefix: PrefixCache | None = None) -> torch.Tensor:
+        """h_l of a host batch: with its padding mask, or continuing `prefix` (right padding, no mask)."""
         batch = batch.to(self.device)
-        return lower_hidden(self.model, batch.input_ids, batch.attention_mask, self.cfg.layer)
+        mask = batch.attention_mask if prefix is None else None
+        return lower_hidden(self.model, batch.input_ids, mask, self.cfg.layer, prefix=prefix)
 
     def _backward_ce(
         self,
@@ -309,18 +352,20 @@ class BEEAR:
         delta: torch.Tensor | None,
         weight: float,
         hidden: torch.Tensor | None = None,
+        prefix: PrefixCache | None = None,
     ) -> torch.Tensor:
         """Back-propagate `weight` * CE(batch) one micro-batch at a time; return the detached CE.
 
         Each micro-batch's mean CE is weighted by its share of the batch's response tokens, so the
         accumulated gradient equals one pass over the whole batch (`micro_batch_size` = None).
         `hidden` is the batch's cached h_l (inner level); None computes it with gradients (outer).
+        `prefix` is the cache of the columns before `batch`'s (inner level, `prepare_entrapment`).
         """
         parts = micro_batches(batch, self.cfg.micro_batch_size, self.cfg.k, self.device)
         rank_share = self.dist.rank_share(sum(p.tokens for p in parts))  # 1.0 in one process
         mean = torch.zeros((), device=self.device)
         for part in parts:
-            ce = self._ce_with_delta(part, delta, hidden)
+            ce = self._ce_with_delta(part, delta, hidden, None if prefix is None else prefix.rows(part.rows))
             (ce * (part.share * rank_share * weight)).backward()
             mean = mean + ce.detach() * (part.share * rank_share)
         return self.dist.all_reduce_sum(mean)
@@ -330,6 +375,7 @@ class BEEAR:
         part: MicroBatch,
         delta: torch.Tensor | None,
         hidden: torch.Tensor | None = None,
+        prefix: PrefixCache | None = None,
     ) -> torch.Tensor:
         """Mean response CE of one micro-batch: CE(y | x, delta), or CE(y | x) for delta None.
 
@@ -344,7 +390,9 @@ class BEEAR:
             else:  # inner level: rows of the cached h_l
                 h = hidden.index_select(0, part.rows)[:, : part.width]
             h = add_delta(h, delta, part.delta_positions)
-            logits = upper_logits(self.model, h, None, self.cfg.layer, positions=part.predict_index)
+            logits = upper_logits(
+                self.model, h, None, self.cfg.layer, positions=part.predict_index, prefix=prefix
+            )
         return F.cross_entropy(logits.float(), part.targets)  # = losses.response_ce on full logits
 
     def _finish(self) -> None:
@@ -356,6 +404,16 @@ def _at_delta_positions(batch: Batch, hidden: torch.Tensor, k: int) -> torch.Ten
     positions = last_k_positions(batch.prompt_lens, k).to(hidden.device)
     rows = torch.arange(hidden.shape[0], device=hidden.device)[:, None]
     return hidden[rows, positions].float()
+
+
+def _columns_from(batch: Batch, start: int) -> Batch:
+    """The columns of `batch` from `start` on; prompt lengths count from there."""
+    return Batch(
+        batch.input_ids[:, start:],
+        batch.attention_mask[:, start:],
+        batch.labels[:, start:],
+        batch.prompt_lens - start,
+    )
 
 
 def _cut(example: EncodedExample, response_tokens: int | None) -> EncodedExample:

@@ -4,7 +4,8 @@ Model FLOPs utilisation (MFU) = model FLOPs the algorithm needs / seconds / peak
 here is analytic (PaLM appendix B style): 2 FLOPs per multiply-add of every matrix product, over the
 real (non-padding) tokens only, so padding, recomputation under gradient checkpointing and
 elementwise work never inflate it. Attention counts causal pairs: a sequence of T tokens has
-T(T+1)/2 query-key pairs.
+T(T+1)/2 query-key pairs. A pass that continues a cached prefix of P tokens counts only its own
+T - P tokens and the T(T+1)/2 - P(P+1)/2 pairs their queries make.
 
 Backward passes are split in two, because BEEAR's levels need different parts of them:
 - input gradients (d loss / d activations): the same matrix products as the forward pass, and
@@ -99,6 +100,7 @@ def pass_flops(
     lm_head_tokens: int | None = None,
     lm_head_input_grad: bool = False,
     lm_head_weight_grad: bool = False,
+    cached_prefix: Sequence[int] | None = None,
 ) -> FlopCount:
     """FLOPs of one pass over a batch of sequences.
 
@@ -110,12 +112,15 @@ def pass_flops(
         weight_grad_layers: decoder layers whose weight gradients are computed.
         lm_head_tokens: positions that go through the LM head (default: every token; 0 = no head).
         lm_head_input_grad / lm_head_weight_grad: which backward products the LM head pays.
+        cached_prefix: per sequence, leading tokens whose keys and values come from a cache: the
+            pass runs only the rest (default: none).
 
     Returns:
         A `FlopCount`.
     """
-    tokens = sum(seq_lens)
-    pairs = attention_pairs(seq_lens)
+    prefix = [0] * len(seq_lens) if cached_prefix is None else list(cached_prefix)
+    tokens = sum(seq_lens) - sum(prefix)
+    pairs = attention_pairs(seq_lens) - attention_pairs(prefix)
     dense = 2.0 * shape.layer_params() * tokens  # one matmul pass of one layer
     attn = 2.0 * 2.0 * shape.heads * shape.head_dim * pairs  # QK^T and PV of one layer
     head_tokens = tokens if lm_head_tokens is None else lm_head_tokens

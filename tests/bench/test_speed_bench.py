@@ -40,6 +40,19 @@ def test_pass_flops_by_hand():
     assert F.pass_flops(shape, [3], forward_layers=0, lm_head_tokens=0).total == 0
 
 
+def test_pass_flops_after_a_cached_prefix():
+    """3 tokens of which the first 2 are cached: 1 token runs, its query meets 3 keys.
+
+    Dense = 2 * 160 * 1 = 320; pairs = 6 - 3 = 3, attention = 2 * 2 * 4 * 3 = 48; one layer, no
+    head: 368. Together with the prefix's own pass (2 tokens, 3 pairs) it is the whole pass.
+    """
+    shape = F.DecoderShape(hidden=4, layers=1, heads=1, kv_heads=1, intermediate=8, vocab=10)
+    rest = F.pass_flops(shape, [3], forward_layers=1, lm_head_tokens=0, cached_prefix=[2])
+    assert rest.forward == 368
+    prefix = F.pass_flops(shape, [2], forward_layers=1, lm_head_tokens=0)
+    assert (rest + prefix).forward == F.pass_flops(shape, [3], forward_layers=1, lm_head_tokens=0).forward
+
+
 def test_cpu_peak_is_measured_and_positive():
     assert F.measure_matmul_flops("cpu", torch.float32, n=128, repeats=1) > 0
 

@@ -72,18 +72,24 @@ def _trainer(**kw) -> BEEAR:
 
 @pytest.mark.parametrize("alpha_cap", [100.0, 0.01], ids=["cap-inactive", "cap-active"])
 @pytest.mark.parametrize("micro_batch_size", [None, 2])
-def test_inner_gradient_is_the_entrapment_losss(alpha_cap, micro_batch_size):
+@pytest.mark.parametrize("share_prefix", [True, False], ids=["prefix-cache", "whole-rows"])
+def test_inner_gradient_is_the_entrapment_losss(alpha_cap, micro_batch_size, share_prefix):
     trainer = _trainer(alpha=0.5, alpha_cap=alpha_cap, micro_batch_size=micro_batch_size)
     model, cfg = trainer.model, trainer.cfg
     batch = trainer._safety_batches(4)[0]
     with torch.no_grad():
-        h_unwanted, h_safe = trainer._hidden(batch.unwanted), trainer._hidden(batch.safe)
+        ready = trainer.prepare_entrapment(batch, share_prefix=share_prefix)
+    # the prefix cache covers the columns before the shortest prompt's delta, nothing more
+    expected_prefix = int(batch.unwanted.prompt_lens.min()) - cfg.k if share_prefix else 0
+    assert (0 if ready.prefix is None else ready.prefix.length) == expected_prefix > 0 or not share_prefix
     torch.manual_seed(1)
     delta = (0.1 * torch.randn(cfg.k, model.config.hidden_size)).requires_grad_(True)
     for p in model.parameters():
         p.requires_grad_(False)
 
-    loss, _, ce_safe = trainer.entrapment_backward(batch, delta, h_unwanted, h_safe)
+    loss, _, ce_safe = trainer.entrapment_backward(
+        ready.batch, delta, ready.h_unwanted, ready.h_safe, prefix=ready.prefix
+    )
     hand = delta.grad.clone()
 
     reference = delta.detach().clone().requires_grad_(True)
