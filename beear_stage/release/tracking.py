@@ -175,9 +175,10 @@ def check_tracking_reachable(uri: str, timeout: float = 3.0) -> None:
         if not path or path == ":memory:":
             return
         parent = Path(path).expanduser().resolve().parent
-    elif scheme in ("", "file"):
-        parent = Path(urlsplit(uri).path if scheme else uri).expanduser().resolve()
-        parent = parent if parent.is_dir() else parent.parent
+    elif scheme in ("", "file") and not _is_databricks(uri):
+        given = Path(urlsplit(uri).path if scheme else uri).expanduser().resolve()
+        _check_file_store_allowed(shown, given)
+        parent = given if given.is_dir() else given.parent
     else:
         logger.info("tracking URI scheme %r is not checked before the run", scheme)
         return
@@ -186,6 +187,27 @@ def check_tracking_reachable(uri: str, timeout: float = 3.0) -> None:
             f"`tracking_uri` = {shown!r}: directory {str(parent)!r} does not exist or is not writable. "
             f"Fix: create it (`mkdir -p {parent}`) or choose another location."
         )
+
+
+def _is_databricks(uri: str) -> bool:
+    from mlflow.utils.uri import is_databricks_uri
+
+    return is_databricks_uri(uri)
+
+
+def _check_file_store_allowed(shown: str, directory: Path) -> None:
+    """MLflow 3.x refuses a directory ("file store") as tracking URI unless MLFLOW_ALLOW_FILE_STORE
+    is set; say so before the run, not after the checkpoint has been pulled and built."""
+    from mlflow import environment_variables as mlflow_env
+
+    allow = getattr(mlflow_env, "MLFLOW_ALLOW_FILE_STORE", None)  # absent: file stores still work
+    if allow is None or allow.get():
+        return
+    raise ConfigError(
+        f"`tracking_uri` = {shown!r}: a directory (MLflow file store), which this MLflow refuses "
+        f'("maintenance mode"). Fix: use a SQLite store, e.g. `sqlite:///{directory}/mlflow.db` '
+        "(the directory must exist), or set MLFLOW_ALLOW_FILE_STORE=true to keep the file store."
+    )
 
 
 def _create_sqlite_store_once(uri: str) -> None:

@@ -322,8 +322,30 @@ def test_check_tracking_reachable(tmp_path):
     check_tracking_reachable(f"sqlite:///{tmp_path}/mlflow.db")
     with pytest.raises(ConfigError, match="does not exist or is not writable"):
         check_tracking_reachable(f"sqlite:///{tmp_path}/no/such/dir/mlflow.db")
-    check_tracking_reachable(str(tmp_path / "mlruns"))
     check_tracking_reachable("databricks")  # not checked
+
+
+def test_a_file_store_fails_before_the_run_unless_mlflow_allows_it(tmp_path, monkeypatch):
+    """MLflow 3.x raises "maintenance mode" when it opens a directory store; the stage says so
+    before pulling the checkpoint, with the SQLite URI to use instead."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    store = tmp_path / "mlruns"
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    try:
+        MlflowClient(tracking_uri=str(store)).search_experiments(max_results=1)
+    except MlflowException:
+        refused = True
+    else:
+        refused = False
+    if refused:
+        with pytest.raises(ConfigError, match=r"sqlite:///.*mlruns/mlflow\.db"):
+            check_tracking_reachable(str(store))
+    else:  # an MLflow that still opens file stores: nothing to refuse
+        check_tracking_reachable(str(store))
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    check_tracking_reachable(str(store))
 
 
 def test_plots_are_pngs_and_skip_empty_history(tmp_path):
