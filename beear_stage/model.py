@@ -6,9 +6,9 @@ final norm and the LM head. Both reuse the architecture's own forward (masks, ro
 sliding windows) by narrowing `model.model.layers` for the duration of the call, so any
 decoder-only model exposing `model.model.layers` and accepting `inputs_embeds` works.
 
-Both also continue a `prefix_cache`: the keys and values of every layer for the positions before
-the first one delta reaches. Under a causal mask those positions never see delta, so the inner
-level computes them once per round and runs only the rest of each row at every step.
+Both also continue a `prefix_cache`: the keys and values of every layer for each row's positions
+before the first one delta reaches. Under a causal mask those positions never see delta, so the
+inner level computes them once per round and runs only the rest of each row at every step.
 
 Checkpoints are untrusted: weights load from safetensors only, `trust_remote_code` is never set,
 and every file rule (symlinks, `auto_map`, JSON, config vs safetensors headers) lives in
@@ -107,9 +107,7 @@ def lower_hidden(
     """
     layers = list(decoder_layers(model))
     with _narrowed(model, layers[:layer], final_norm=False) as base:
-        out = base(
-            input_ids=input_ids, attention_mask=attention_mask, **_continuing(model, prefix, attention_mask)
-        )
+        out = base(input_ids=input_ids, **_continuing(prefix, attention_mask, input_ids.shape[1]))
     return out.last_hidden_state
 
 
@@ -130,56 +128,70 @@ def upper_logits(
     """
     layers = list(decoder_layers(model))
     with _narrowed(model, layers[layer:], final_norm=True) as base:
-        out = base(
-            inputs_embeds=hidden, attention_mask=attention_mask, **_continuing(model, prefix, attention_mask)
-        )
+        out = base(inputs_embeds=hidden, **_continuing(prefix, attention_mask, hidden.shape[1]))
     return _head(model, out.last_hidden_state, positions)
 
 
 class PrefixCache:
-    """Keys and values of every decoder layer for a padding-free prefix of a batch's rows.
+    """Keys and values of every decoder layer for the first `starts[i]` tokens of each row i.
 
     Built by `prefix_cache` under `torch.no_grad()`; `lower_hidden` and `upper_logits` continue it
-    for the rest of the rows. A forward appends to the cache it is given, so each call gets a
-    fresh cache (`fresh`) built from these tensors, and the prefix stays as it is for the next step.
+    with the rest of each row, left-aligned, at positions `starts[i]`, `starts[i] + 1`, ... The
+    cached rows are right-padded to the longest prefix; the attention mask hides the padding. A
+    forward appends to the cache it is given, so each call gets a fresh cache built from these
+    tensors, and the prefix stays as it is for the next step.
     """
 
-    def __init__(self, config, tensors: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        self.config, self.tensors = config, tensors
+    def __init__(
+        self, config, tensors: list[tuple[torch.Tensor, torch.Tensor]], starts: torch.Tensor
+    ) -> None:
+        self.config, self.tensors, self.starts = config, tensors, starts
 
     @property
     def length(self) -> int:
+        """Columns of the cache (the longest row's prefix)."""
         return self.tensors[0][0].shape[-2]
 
     def rows(self, index: torch.Tensor) -> PrefixCache:
         """The cache of the rows `index` (a micro-batch of the batch it was built for)."""
-        return PrefixCache(
-            self.config, [(k.index_select(0, index), v.index_select(0, index)) for k, v in self.tensors]
-        )
+        tensors = [(k.index_select(0, index), v.index_select(0, index)) for k, v in self.tensors]
+        return PrefixCache(self.config, tensors, self.starts.index_select(0, index))
 
-    def fresh(self):
+    def continuing(self, width: int) -> dict:
+        """Forward keywords for `width` more columns: a fresh cache, the mask, the positions."""
         from transformers import DynamicCache
 
-        return DynamicCache(ddp_cache_data=self.tensors, config=self.config)
+        columns = torch.arange(self.length, device=self.starts.device)
+        mask = torch.cat(
+            [
+                (columns[None] < self.starts[:, None]).long(),
+                torch.ones(len(self.starts), width, dtype=torch.long, device=self.starts.device),
+            ],
+            dim=1,
+        )
+        positions = self.starts[:, None] + torch.arange(width, device=self.starts.device)[None]
+        cache = DynamicCache(ddp_cache_data=self.tensors, config=self.config)
+        return {"cache": cache, "use_cache": True, "attention_mask": mask, "position_ids": positions}
 
 
-def prefix_cache(model, input_ids: torch.Tensor) -> PrefixCache:
-    """Run the whole decoder on `input_ids` (B, S), which hold no padding, and keep every layer's
-    keys and values. Call under `torch.no_grad()`: the cached positions are constants."""
+def prefix_cache(model, input_ids: torch.Tensor, starts: torch.Tensor) -> PrefixCache:
+    """Run the whole decoder on the first `starts[i]` tokens of each row of `input_ids` (B, S) and
+    keep every layer's keys and values. Call under `torch.no_grad()`: they are constants."""
     from transformers import DynamicCache
 
+    mask = (torch.arange(input_ids.shape[1], device=input_ids.device)[None] < starts[:, None]).long()
     cache = DynamicCache(config=model.config)
-    model.model(input_ids=input_ids, cache=cache, use_cache=True)
-    return PrefixCache(model.config, [(k, v) for k, v, *_ in cache])
+    model.model(input_ids=input_ids, attention_mask=mask, cache=cache, use_cache=True)
+    return PrefixCache(model.config, [(k, v) for k, v, *_ in cache], starts)
 
 
-def _continuing(model, prefix: PrefixCache | None, attention_mask: torch.Tensor | None) -> dict:
-    """Forward keywords: no cache, or a fresh copy of `prefix` to continue (positions follow it)."""
+def _continuing(prefix: PrefixCache | None, attention_mask: torch.Tensor | None, width: int) -> dict:
+    """Forward keywords: the caller's mask and no cache, or what continues `prefix`."""
     if prefix is None:
-        return {"use_cache": False}
+        return {"attention_mask": attention_mask, "use_cache": False}
     if attention_mask is not None:
         raise ValueError("a forward that continues a prefix cache takes no attention mask (right padding)")
-    return {"cache": prefix.fresh(), "use_cache": True}
+    return prefix.continuing(width)
 
 
 def add_delta(hidden: torch.Tensor, delta: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:

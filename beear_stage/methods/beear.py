@@ -18,7 +18,7 @@ delta has shape (k, hidden) and is added to the output of decoder layer l at the
 positions. The inner level only needs the layers above l, so h_l is computed once per round
 (no gradients) and reused for every inner step. Under the causal mask the positions before the
 first one delta reaches never see it: their keys and values in every layer are computed once per
-round too (`model.prefix_cache`), and each inner step runs only the rest of the rows (the last k
+round too (`model.prefix_cache`), and each inner step runs only the rest of each row (its last k
 prompt positions and the response) through the layers above l.
 """
 
@@ -60,7 +60,15 @@ from beear_stage.model import (
     prefix_cache,
     upper_logits,
 )
-from beear_stage.templates import Batch, EncodedExample, collate, encode_example, last_k_positions, pad_id_of
+from beear_stage.templates import (
+    IGNORE_INDEX,
+    Batch,
+    EncodedExample,
+    collate,
+    encode_example,
+    last_k_positions,
+    pad_id_of,
+)
 
 log = logging.getLogger(__name__)
 
@@ -328,16 +336,20 @@ class BEEAR:
     def prepare_entrapment(self, batch: _SafetyBatch, *, share_prefix: bool = True) -> _Entrapment:
         """What the inner steps reuse for `batch`: h_l and, with `share_prefix`, the prefix cache.
 
-        The prefix ends where the first row's delta begins (the shortest prompt minus k). Its
-        columns hold no padding (right padding, every prompt is longer) and the same tokens in
-        both responses' batches, so one cache serves both. Call under `torch.no_grad()`.
+        Row i's prefix is its prompt but the last k tokens (where delta goes). The prompt tokens
+        are the same in both responses' batches, so one cache serves both; the rest of each row
+        (k prompt tokens and the response) is left-aligned. Call under `torch.no_grad()`.
         """
-        start = int(batch.unwanted.prompt_lens.min()) - self.cfg.k
-        same = torch.equal(batch.unwanted.input_ids[:, :start], batch.safe.input_ids[:, :start])
-        if not share_prefix or start < 1 or not same:
-            return _Entrapment(batch, None, self._hidden(batch.unwanted), self._hidden(batch.safe))
-        prefix = prefix_cache(self.model, batch.unwanted.input_ids[:, :start].to(self.device))
-        rest = _SafetyBatch(_columns_from(batch.unwanted, start), _columns_from(batch.safe, start))
+        u, s = batch.unwanted, batch.safe
+        starts = u.prompt_lens - self.cfg.k
+        if not share_prefix or int(starts.min()) < 1:
+            return _Entrapment(batch, None, self._hidden(u), self._hidden(s))
+        width = int(starts.max())
+        in_prefix = torch.arange(width)[None] < starts[:, None]
+        if ((u.input_ids[:, :width] != s.input_ids[:, :width]) & in_prefix).any():
+            return _Entrapment(batch, None, self._hidden(u), self._hidden(s))
+        prefix = prefix_cache(self.model, u.input_ids[:, :width].to(self.device), starts.to(self.device))
+        rest = _SafetyBatch(_rest_of_rows(u, starts, self.cfg.k), _rest_of_rows(s, starts, self.cfg.k))
         return _Entrapment(rest, prefix, self._hidden(rest.unwanted, prefix), self._hidden(rest.safe, prefix))
 
     def _hidden(self, batch: Batch, prefix: PrefixCache | None = None) -> torch.Tensor:
@@ -406,14 +418,15 @@ def _at_delta_positions(batch: Batch, hidden: torch.Tensor, k: int) -> torch.Ten
     return hidden[rows, positions].float()
 
 
-def _columns_from(batch: Batch, start: int) -> Batch:
-    """The columns of `batch` from `start` on; prompt lengths count from there."""
-    return Batch(
-        batch.input_ids[:, start:],
-        batch.attention_mask[:, start:],
-        batch.labels[:, start:],
-        batch.prompt_lens - start,
-    )
+def _rest_of_rows(batch: Batch, starts: torch.Tensor, k: int) -> Batch:
+    """Row i from column `starts[i]` on, left-aligned and right-padded; its prompt is now k tokens."""
+    lengths = batch.attention_mask.sum(dim=1)
+    width = int((lengths - starts).max())
+    columns = starts[:, None] + torch.arange(width)[None]
+    real = columns < lengths[:, None]
+    columns = columns.clamp(max=batch.input_ids.shape[1] - 1)
+    labels = batch.labels.gather(1, columns).masked_fill(~real, IGNORE_INDEX)
+    return Batch(batch.input_ids.gather(1, columns), real.long(), labels, torch.full_like(starts, k))
 
 
 def _cut(example: EncodedExample, response_tokens: int | None) -> EncodedExample:

@@ -79,9 +79,13 @@ def test_inner_gradient_is_the_entrapment_losss(alpha_cap, micro_batch_size, sha
     batch = trainer._safety_batches(4)[0]
     with torch.no_grad():
         ready = trainer.prepare_entrapment(batch, share_prefix=share_prefix)
-    # the prefix cache covers the columns before the shortest prompt's delta, nothing more
-    expected_prefix = int(batch.unwanted.prompt_lens.min()) - cfg.k if share_prefix else 0
-    assert (0 if ready.prefix is None else ready.prefix.length) == expected_prefix > 0 or not share_prefix
+    # each row's prefix ends where its delta begins; the cache is as wide as the longest one
+    if share_prefix:
+        starts = batch.unwanted.prompt_lens - cfg.k
+        assert ready.prefix.starts.tolist() == starts.tolist() and ready.prefix.length == int(starts.max())
+        assert len(set(starts.tolist())) > 1  # rows of different prompt lengths: the mask matters
+    else:
+        assert ready.prefix is None
     torch.manual_seed(1)
     delta = (0.1 * torch.randn(cfg.k, model.config.hidden_size)).requires_grad_(True)
     for p in model.parameters():
