@@ -30,7 +30,6 @@ import datetime as _dt
 import itertools
 import json
 import platform
-import random
 import time
 from pathlib import Path
 
@@ -248,19 +247,11 @@ def phase_flops(cfg, model, tok, safety, perf) -> dict[str, F.FlopCount]:
     f_pa = min(cfg.pa_batch_size, len(perf)) / max(len(perf), 1) if cfg.pa_weight > 0 else 0.0
     all_w = cfg.trainable == "all"
     w_layers = n if all_w else l_
-    # The inner level's prefix cache (BEEAR.prepare_entrapment): per chunk of SA, the columns
-    # before the shortest prompt's last k run once through every layer; the rest of each row runs
-    # through the lower layers once and through the upper layers at every step.
+    # The inner level's prefix cache (BEEAR.prepare_entrapment): each row's prompt but its last k
+    # tokens runs once per round through every layer; the rest of the row runs through the lower
+    # layers once and through the upper layers at every step.
     prompts = [encode_example(tok, r.query, r.safe_response, cfg.max_length).prompt_len for r in safety]
-    order = list(range(len(safety)))
-    random.Random(cfg.seed).shuffle(order)
-    size = min(cfg.inner_batch_size, len(safety))
-    prefix = [0] * len(safety)
-    for i in range(0, len(order), size):
-        chunk = order[i : i + size]
-        start = max(min(prompts[j] for j in chunk) - cfg.k, 0)
-        for j in chunk:
-            prefix[j] = start
+    prefix = [max(p - cfg.k, 0) for p in prompts]
 
     def outer(rows, head_tokens):
         return F.pass_flops(
