@@ -161,10 +161,9 @@ class PrefixCache:
         """Forward keywords for `width` more columns: a fresh cache, the mask, the positions."""
         from transformers import DynamicCache
 
-        columns = torch.arange(self.length, device=self.starts.device)
         mask = torch.cat(
             [
-                (columns[None] < self.starts[:, None]).long(),
+                prefix_mask(self.starts, self.length).long(),
                 torch.ones(len(self.starts), width, dtype=torch.long, device=self.starts.device),
             ],
             dim=1,
@@ -174,12 +173,17 @@ class PrefixCache:
         return {"cache": cache, "use_cache": True, "attention_mask": mask, "position_ids": positions}
 
 
+def prefix_mask(starts: torch.Tensor, width: int) -> torch.Tensor:
+    """(B, width) bool: True where column j < starts[i], row i's cached prefix."""
+    return torch.arange(width, device=starts.device)[None] < starts[:, None]
+
+
 def prefix_cache(model, input_ids: torch.Tensor, starts: torch.Tensor) -> PrefixCache:
     """Run the whole decoder on the first `starts[i]` tokens of each row of `input_ids` (B, S) and
     keep every layer's keys and values. Call under `torch.no_grad()`: they are constants."""
     from transformers import DynamicCache
 
-    mask = (torch.arange(input_ids.shape[1], device=input_ids.device)[None] < starts[:, None]).long()
+    mask = prefix_mask(starts, input_ids.shape[1]).long()
     cache = DynamicCache(config=model.config)
     model.model(input_ids=input_ids, attention_mask=mask, cache=cache, use_cache=True)
     return PrefixCache(model.config, [(k, v) for k, v, *_ in cache], starts)

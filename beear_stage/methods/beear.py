@@ -58,6 +58,7 @@ from beear_stage.model import (
     full_logits,
     lower_hidden,
     prefix_cache,
+    prefix_mask,
     upper_logits,
 )
 from beear_stage.templates import (
@@ -85,9 +86,9 @@ class _SafetyBatch:
 class _Entrapment:
     """One SA batch made ready for the inner steps of a round (model frozen, no gradients).
 
-    `batch` holds the columns from the first position delta reaches on (the whole rows when
-    `prefix` is None); `prefix` the keys and values of the columns before it, shared by both
-    responses; `h_unwanted` / `h_safe` h_l of `batch`'s columns.
+    `batch` holds each row from the first position delta reaches on, left-aligned (the whole rows
+    when `prefix` is None); `prefix` the keys and values of each row's columns before that, shared
+    by both responses; `h_unwanted` / `h_safe` h_l of `batch`'s columns.
     """
 
     batch: _SafetyBatch
@@ -345,8 +346,7 @@ class BEEAR:
         if not share_prefix or int(starts.min()) < 1:
             return _Entrapment(batch, None, self._hidden(u), self._hidden(s))
         width = int(starts.max())
-        in_prefix = torch.arange(width)[None] < starts[:, None]
-        if ((u.input_ids[:, :width] != s.input_ids[:, :width]) & in_prefix).any():
+        if ((u.input_ids[:, :width] != s.input_ids[:, :width]) & prefix_mask(starts, width)).any():
             return _Entrapment(batch, None, self._hidden(u), self._hidden(s))
         prefix = prefix_cache(self.model, u.input_ids[:, :width].to(self.device), starts.to(self.device))
         rest = _SafetyBatch(_rest_of_rows(u, starts, self.cfg.k), _rest_of_rows(s, starts, self.cfg.k))
@@ -371,7 +371,7 @@ class BEEAR:
         Each micro-batch's mean CE is weighted by its share of the batch's response tokens, so the
         accumulated gradient equals one pass over the whole batch (`micro_batch_size` = None).
         `hidden` is the batch's cached h_l (inner level); None computes it with gradients (outer).
-        `prefix` is the cache of the columns before `batch`'s (inner level, `prepare_entrapment`).
+        `prefix` is the cache of each row's columns before `batch`'s (inner level, `prepare_entrapment`).
         """
         parts = micro_batches(batch, self.cfg.micro_batch_size, self.cfg.k, self.device)
         rank_share = self.dist.rank_share(sum(p.tokens for p in parts))  # 1.0 in one process

@@ -152,6 +152,8 @@ def check_tracking_reachable(uri: str, timeout: float = 3.0) -> None:
     import urllib.error
     import urllib.request
 
+    from mlflow.utils.uri import is_databricks_uri
+
     shown = safe_uri(uri)
     scheme = urlsplit(uri).scheme
     if scheme in ("http", "https"):
@@ -175,7 +177,7 @@ def check_tracking_reachable(uri: str, timeout: float = 3.0) -> None:
         if not path or path == ":memory:":
             return
         parent = Path(path).expanduser().resolve().parent
-    elif scheme in ("", "file") and not _is_databricks(uri):
+    elif scheme in ("", "file") and not is_databricks_uri(uri):
         given = Path(urlsplit(uri).path if scheme else uri).expanduser().resolve()
         _check_file_store_allowed(shown, given)
         parent = given if given.is_dir() else given.parent
@@ -187,12 +189,6 @@ def check_tracking_reachable(uri: str, timeout: float = 3.0) -> None:
             f"`tracking_uri` = {shown!r}: directory {str(parent)!r} does not exist or is not writable. "
             f"Fix: create it (`mkdir -p {parent}`) or choose another location."
         )
-
-
-def _is_databricks(uri: str) -> bool:
-    from mlflow.utils.uri import is_databricks_uri
-
-    return is_databricks_uri(uri)
 
 
 def _check_file_store_allowed(shown: str, directory: Path) -> None:
