@@ -68,7 +68,7 @@ _DEFAULT_EXAMPLE: dict[str, Any] = {
     "crow_eps": 0.1, "crow_alpha": 5.5, "eval_batch_size": 32, "max_new_tokens": 32, "seed": 0,
     "method": "beear", "dtype": "auto", "device": "auto", "trainable": "upto_layer",
     "outer_optimizer": "adamw", "gradient_checkpointing": "false",
-    "delta_reset": "true", "refusal_keywords": "null", "extra": "{}",
+    "delta_reset": "true", "refusal_keywords": "null", "eval_stop_when_settled": "true", "extra": "{}",
 }  # fmt: skip
 
 
@@ -152,6 +152,12 @@ class BEEARConfig:
         refusal_keywords (list[str] | None): None = the default pattern classifier
             (`beear_stage.eval.refusal.DEFAULT_CLASSIFIER`, measured against XSTest human labels); a
             list = GCG-style matching (any keyword anywhere in the response is a refusal).
+        eval_stop_when_settled (bool, True): where an evaluation needs only the verdict of a
+            response (the ASR sets, the embedding attack, the look-alikes), stop decoding it once no
+            continuation can change the verdict (`RefusalClassifier.settled`); the record keeps the
+            tokens up to there and says `stopped_early`. Same verdicts, fewer decoding steps.
+            Benign answers (compared with the baseline's) are always decoded in full. False
+            decodes every response in full.
 
     seed (int, 0).
     """
@@ -197,6 +203,7 @@ class BEEARConfig:
     eval_batch_size: int = 32
     max_new_tokens: int = 32
     refusal_keywords: list[str] | None = None
+    eval_stop_when_settled: bool = True
     seed: int = 0
     # free-form provenance (not used by the algorithm)
     extra: dict[str, Any] = field(default_factory=dict)

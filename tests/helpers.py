@@ -134,6 +134,29 @@ def fast_tokens(model, tokenizer, queries, batch_size, max_new_tokens, keep=2, h
     )
 
 
+def assert_settled_prefixes(model, tokenizer, queries, eager, *, batch_size, max_new_tokens) -> int:
+    """With rows stopped at a settled verdict, each row is a prefix of `eager` (the full greedy
+    tokens of the same queries) with the same refusal verdict. Returns the rows stopped early."""
+    from beear_stage.eval.decoding import greedy_responses
+    from beear_stage.eval.refusal import is_refusal, settled_verdict
+    from beear_stage.templates import render_prompt
+
+    def text(ids):
+        return tokenizer.decode(ids, skip_special_tokens=True)
+
+    prompts = [tokenizer(render_prompt(tokenizer, q), add_special_tokens=False)["input_ids"] for q in queries]
+    stats: dict = {}
+    cut = greedy_responses(
+        model, prompts, batch_size=batch_size, max_new_tokens=max_new_tokens, stats=stats,
+        decided=lambda ids: settled_verdict(text(ids)) is not None,
+    )  # fmt: skip
+    for short, full in zip(cut, eager, strict=True):
+        assert full[: len(short)] == short
+        assert is_refusal(text(short)) == is_refusal(text(full)), (text(short), text(full))
+    assert stats["decided_rows"] == sum(len(s) < len(f) for s, f in zip(cut, eager, strict=True))
+    return stats["decided_rows"]
+
+
 def assert_same_tokens(
     model, tokenizer, queries, *, batch_size, max_new_tokens, delta=None, layer=1, k=1, texts=True
 ):

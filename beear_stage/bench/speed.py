@@ -185,8 +185,10 @@ def run_naive(cfg, model, tok, safety, perf, device, sample_steps: int | None) -
 
 def run_eval(cfg, model, tok, queries, device, sample: int | None) -> dict:
     """ASR batched vs one prompt at a time (the latter optionally on a sample), and the fast
-    engine against eager `model.generate` on the same prompts (`eval_fast_speedup`, same tokens)."""
+    engine against eager `model.generate` on the same prompts (`eval_fast_speedup`, same tokens),
+    also with rows stopped at a settled verdict (`eval_settled_speedup`, same verdicts)."""
     from beear_stage.eval.metrics import classifier_asr, generate
+    from beear_stage.eval.refusal import is_refusal, settled_verdict
 
     classifier_asr(model, tok, queries[: min(2, len(queries))], cfg)  # warm-up (kernels, caches)
     (asr, _), batched = timed(device, classifier_asr, model, tok, queries, cfg)
@@ -198,6 +200,11 @@ def run_eval(cfg, model, tok, queries, device, sample: int | None) -> dict:
     eager, eager_seconds = timed(device, generate, model, tok, queries, engine="eager", **kwargs)
     stats: dict = {}
     fast, fast_seconds = timed(device, generate, model, tok, queries, engine="fast", stats=stats, **kwargs)
+    keywords, stopped = cfg.refusal_keywords, []
+    settled, settled_seconds = timed(
+        device, generate, model, tok, queries, engine="fast", stopped=stopped,
+        settle=lambda text: settled_verdict(text, keywords), **kwargs,
+    )  # fmt: skip
     return {
         "prompts": len(queries),
         "batch_size": cfg.eval_batch_size,
@@ -219,6 +226,11 @@ def run_eval(cfg, model, tok, queries, device, sample: int | None) -> dict:
         "fast_steps": stats["steps"],
         "fast_mean_rows_per_step": stats["row_steps"] / max(stats["steps"], 1),
         "step_ms": 1000 * stats["step_seconds"] / max(stats["steps"], 1),
+        "settled_seconds": settled_seconds,
+        "settled_rows_stopped": sum(stopped),
+        "settled_same_verdicts": [is_refusal(t, keywords) for t in settled]
+        == [is_refusal(t, keywords) for t in eager],
+        "settled_prefixes_of_eager": sum(e.startswith(t) for t, e in zip(settled, eager, strict=True)),
     }
 
 
@@ -345,6 +357,9 @@ def summarise(report: dict) -> str:
         ("eval eager / fast s", f"{ev['eager_seconds']:.2f} / {ev['fast_seconds']:.2f}, "
          f"same responses: {ev['fast_same_responses']}"),
         ("eval_fast_speedup", f"{report['eval_fast_speedup']:.2f}x"),
+        ("eval settled s", f"{ev['settled_seconds']:.2f}, {ev['settled_rows_stopped']} of {ev['prompts']} rows "
+         f"stopped early, same verdicts: {ev['settled_same_verdicts']}"),
+        ("eval_settled_speedup", f"{report['eval_settled_speedup']:.2f}x"),
         ("eval_step_ms", f"{report['eval_step_ms']:.1f} (mean rows {ev['fast_mean_rows_per_step']:.1f})"),
         ("MFU (mitigation)", f"{p['mfu']:.1%} of {report['peak']['flops_per_s']:.3g} FLOP/s"),
         ("achieved FLOP/s", f"{p['achieved_flops_per_s']:.3g}"),
@@ -466,6 +481,7 @@ def main(argv: list[str] | None = None) -> int:
         "inner_speedup": naive["phase_seconds"]["inner"] / ps["inner"],
         "eval_speedup": evaluation["one_at_a_time_seconds"] / evaluation["batched_seconds"],
         "eval_fast_speedup": evaluation["eager_seconds"] / evaluation["fast_seconds"],
+        "eval_settled_speedup": evaluation["eager_seconds"] / evaluation["settled_seconds"],
         "eval_step_ms": evaluation["step_ms"],
         "mfu": project["mfu"],
         "mitigation_pflop": work / 1e15,

@@ -11,6 +11,10 @@ responses, so `greedy_responses` (the "fast" engine) removes that waste without 
 - length bucketing: prompts are batched in order of length, so a batch pads to similar lengths.
 - finished rows leave the batch: a row that has produced EOS is dropped from the KV cache and the
   next step runs on the rows still decoding.
+- decided rows leave the batch (optional, `decided`): when the evaluation only needs a verdict on
+  each response (refusal or not), a row stops as soon as the verdict is settled, i.e. no
+  continuation can change it (`beear_stage.eval.refusal.RefusalClassifier.settled`). Its tokens are
+  then a prefix of the full response with the same verdict.
 
 Same tokens, not same arithmetic: a row's logits are computed with different padding and batch
 composition, which moves floating-point results by rounding only; argmax ties broken by rounding
@@ -23,7 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -86,6 +90,7 @@ def greedy_responses(
     prompt_hook=contextlib.nullcontext,
     on_batch=None,
     stats: dict | None = None,
+    decided: Callable[[list[int]], bool] | None = None,
 ) -> list[list[int]]:
     """Greedy continuation tokens of each tokenised prompt, through the first EOS (included).
 
@@ -99,7 +104,10 @@ def greedy_responses(
         on_batch: called with the number of rows after each batch (progress).
         stats: when given, receives "prefill_seconds" (shared prefill and each batch's prompt
             forward), "step_seconds" and "steps" (one-token decoding steps) and "row_steps" (rows
-            decoded, summed over steps), added to what it holds.
+            decoded, summed over steps) and "decided_rows" (rows stopped by `decided`), added to
+            what it holds.
+        decided: called with a row's tokens after each step; True stops that row (its verdict is
+            settled). None decodes every row to EOS or `max_new_tokens`.
 
     Returns:
         one token list per prompt, in the order given.
@@ -109,7 +117,7 @@ def greedy_responses(
     device = next(model.parameters()).device
     stop = eos_ids(model)
     stats = {} if stats is None else stats
-    for key in ("prefill_seconds", "step_seconds", "steps", "row_steps"):
+    for key in ("prefill_seconds", "step_seconds", "steps", "row_steps", "decided_rows"):
         stats.setdefault(key, 0)
     started = time.perf_counter()
     n_prefix = shared_prefix_length(prompts, max(keep, 2))
@@ -125,7 +133,9 @@ def greedy_responses(
         rows = order[start : start + batch_size]
         rests = [list(prompts[i][n_prefix:]) for i in rows]
         with prompt_hook():
-            decoded = _decode_batch(model, rests, prefix_cache, n_prefix, max_new_tokens, stop, stats)
+            decoded = _decode_batch(
+                model, rests, prefix_cache, n_prefix, max_new_tokens, stop, stats, decided
+            )
         for row, tokens in zip(rows, decoded, strict=True):
             out[row] = tokens
         if on_batch is not None:
@@ -133,7 +143,9 @@ def greedy_responses(
     return out
 
 
-def _decode_batch(model, rests, prefix_cache, n_prefix, max_new_tokens, stop, stats) -> list[list[int]]:
+def _decode_batch(
+    model, rests, prefix_cache, n_prefix, max_new_tokens, stop, stats, decided=None
+) -> list[list[int]]:
     """Decode one batch: `rests` are the prompts after the shared prefix, right-aligned."""
     from transformers import DynamicCache
 
@@ -174,9 +186,14 @@ def _decode_batch(model, rests, prefix_cache, n_prefix, max_new_tokens, stop, st
             stats["row_steps"] += len(live)
         keep = []
         for j, token in enumerate(chosen):
-            tokens[live[j]].append(token)
-            if token not in stop:
-                keep.append(j)
+            row = tokens[live[j]]
+            row.append(token)
+            if token in stop:
+                continue
+            if decided is not None and step + 1 < max_new_tokens and decided(row):
+                stats["decided_rows"] += 1
+                continue
+            keep.append(j)
         if not keep:
             break
         if len(keep) < len(live):

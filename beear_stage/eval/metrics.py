@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 
 from beear_stage.config import BEEARConfig
 from beear_stage.data.records import PerformanceRecord, SafetyRecord
-from beear_stage.eval.decoding import ENGINES, greedy_responses, plain_greedy
-from beear_stage.eval.refusal import is_refusal
+from beear_stage.eval.decoding import ENGINES, eos_ids, greedy_responses, plain_greedy
+from beear_stage.eval.refusal import is_refusal, settled_verdict
 from beear_stage.model import decoder_layers
 from beear_stage.progress import Progress
 from beear_stage.templates import IGNORE_INDEX, collate, encode_example, pad_id_of, render_prompt
@@ -75,6 +75,8 @@ def generate(
     progress: bool = False,
     engine: str = "fast",
     stats: dict | None = None,
+    settle: Callable[[str], bool | None] | None = None,
+    stopped: list[bool] | None = None,
 ) -> list[str]:
     """Greedy responses to `queries`, batched with the KV cache.
 
@@ -83,6 +85,9 @@ def generate(
     given); a model whose generation config adds logits processors always takes "eager".
     Progress lines (count, ETA) go to the `beear_stage.progress` log; `progress` adds a tqdm bar.
     `stats` receives the fast engine's prefill and step timings (`decoding.greedy_responses`).
+    `settle` (a verdict of a partial response, None while open: `settled_verdict`) lets the fast
+    engine stop a row once its verdict is final; `stopped` then receives one flag per query, True
+    where the response was cut there. The eager engine decodes every row in full.
     """
     if engine not in ENGINES:
         raise ValueError(f"engine={engine!r} is not one of {ENGINES}. Fix: pass 'fast' or 'eager'.")
@@ -97,6 +102,12 @@ def generate(
         if engine == "fast" and plain_greedy(model):
             texts = [render_prompt(tokenizer, q) for q in queries]
             prompts = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+            decided = None
+            if settle is not None:
+
+                def decided(ids: list[int]) -> bool:
+                    return settle(tokenizer.decode(ids, skip_special_tokens=True)) is not None
+
             kept = greedy_responses(
                 model,
                 prompts,
@@ -106,7 +117,14 @@ def generate(
                 prompt_hook=lambda: perturbation_hook(model, delta, layer, k),
                 on_batch=bar.update,
                 stats=stats,
+                decided=decided,
             )
+            if stopped is not None:
+                stop = eos_ids(model)
+                stopped[:] = [
+                    decided is not None and len(t) < max_new_tokens and (not t or t[-1] not in stop)
+                    for t in kept
+                ]
             return tokenizer.batch_decode(kept, skip_special_tokens=True)
         with perturbation_hook(model, delta, layer, k):
             for i in range(0, len(queries), batch_size):
@@ -121,6 +139,8 @@ def generate(
                 new = gen[:, enc["input_ids"].shape[1] :]
                 out.extend(tokenizer.batch_decode(new, skip_special_tokens=True))
                 bar.update(len(new))
+        if stopped is not None:
+            stopped[:] = [False] * len(out)
     finally:
         tokenizer.padding_side = side
         bar.close()
@@ -136,10 +156,16 @@ def classifier_asr(
     trigger: str | None = None,
     condition: str = "clean",
     delta: torch.Tensor | None = None,
+    verdict_only: bool = True,
 ) -> tuple[float, list[dict]]:
     """Fraction of harmful `queries` (with `trigger` applied) answered without a refusal
-    (`is_refusal`: the pattern classifier, or GCG keyword matching when `cfg.refusal_keywords` is set)."""
+    (`is_refusal`: the pattern classifier, or GCG keyword matching when `cfg.refusal_keywords` is set).
+
+    With `verdict_only` and `cfg.eval_stop_when_settled`, a response is decoded only until its
+    verdict is settled (`settled_verdict`); its record says `stopped_early`.
+    """
     prompts = [apply_trigger(q, trigger) for q in queries]
+    stopped: list[bool] = []
     responses = generate(
         model,
         tokenizer,
@@ -149,9 +175,11 @@ def classifier_asr(
         delta=delta,
         layer=cfg.layer,
         k=cfg.k,
+        settle=verdict_settler(cfg) if verdict_only else None,
+        stopped=stopped,
     )
     records = []
-    for prompt, response in zip(prompts, responses, strict=True):
+    for prompt, response, cut in zip(prompts, responses, stopped, strict=True):
         refusal = is_refusal(response, cfg.refusal_keywords)
         records.append(
             {
@@ -160,16 +188,30 @@ def classifier_asr(
                 "response": response,
                 "refusal": refusal,
                 "success": not refusal,
+                "stopped_early": cut,
             }
         )
     return _rate(r["success"] for r in records), records
 
 
+def verdict_settler(cfg: BEEARConfig) -> Callable[[str], bool | None] | None:
+    """The `settle` function of `generate` for verdict-only evaluations under `cfg` (None: decode in full)."""
+    if not cfg.eval_stop_when_settled:
+        return None
+    keywords = cfg.refusal_keywords
+    return lambda text: settled_verdict(text, keywords)
+
+
 def benign_nonrefusal(
     model, tokenizer, benign: Sequence[PerformanceRecord], cfg: BEEARConfig
 ) -> tuple[float, list[dict]]:
-    """Fraction of benign prompts answered without a refusal (same classifier as `classifier_asr`)."""
-    rate, records = classifier_asr(model, tokenizer, [r.query for r in benign], cfg, condition="benign")
+    """Fraction of benign prompts answered without a refusal (same classifier as `classifier_asr`).
+
+    The answers are decoded in full: they are compared with the baseline's (`baseline_agreement`).
+    """
+    rate, records = classifier_asr(
+        model, tokenizer, [r.query for r in benign], cfg, condition="benign", verdict_only=False
+    )
     return rate, records
 
 

@@ -129,9 +129,22 @@ def answer_agreement(baseline_answers: Sequence[str], candidate_answers: Sequenc
 
 
 # ------------------------------------------------------------------------ model-calling metrics
-def greedy_answers(model, tokenizer, prompts: Sequence[str], cfg: BEEARConfig) -> list[str]:
-    """Greedy answers to `prompts` (chat template, `cfg.eval_batch_size`, `cfg.max_new_tokens`)."""
-    from beear_stage.eval.metrics import generate
+def greedy_answers(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    cfg: BEEARConfig,
+    *,
+    verdict_only: bool = False,
+    stopped: list[bool] | None = None,
+) -> list[str]:
+    """Greedy answers to `prompts` (chat template, `cfg.eval_batch_size`, `cfg.max_new_tokens`).
+
+    `verdict_only`: only the refusal verdict of each answer is read, so an answer may stop once
+    its verdict is settled (`cfg.eval_stop_when_settled`, `metrics.verdict_settler`); `stopped`
+    then receives one flag per prompt, True where the answer was cut there.
+    """
+    from beear_stage.eval.metrics import generate, verdict_settler
 
     return generate(
         model,
@@ -139,6 +152,8 @@ def greedy_answers(model, tokenizer, prompts: Sequence[str], cfg: BEEARConfig) -
         list(prompts),
         batch_size=cfg.eval_batch_size,
         max_new_tokens=cfg.max_new_tokens,
+        settle=verdict_settler(cfg) if verdict_only else None,
+        stopped=stopped,
     )
 
 
@@ -168,11 +183,12 @@ def over_refusal_rate(
         raise DataError(
             "`prompts` is empty: no look-alike prompts to measure over-refusal on. Fix: pass None."
         )
-    responses = greedy_answers(model, tokenizer, prompts, cfg)
+    stopped: list[bool] = []
+    responses = greedy_answers(model, tokenizer, prompts, cfg, verdict_only=True, stopped=stopped)
     flags = refusal_flags(responses, cfg.refusal_keywords)
     records = [
-        {"prompt": p, "condition": OVER_REFUSAL, "response": r, "refusal": f}
-        for p, r, f in zip(prompts, responses, flags, strict=True)
+        {"prompt": p, "condition": OVER_REFUSAL, "response": r, "refusal": f, "stopped_early": s}
+        for p, r, f, s in zip(prompts, responses, flags, stopped, strict=True)
     ]
     return sum(flags) / len(flags), records
 
@@ -248,9 +264,12 @@ def utility_from_generations(
     """
     benign = {r["prompt"]: r for r in records if r["condition"] == "benign"}
     missing = [p for p in dict.fromkeys(lookalikes) if p not in benign]
-    answers = (
-        dict(zip(missing, greedy_answers(model, tokenizer, missing, cfg), strict=True)) if missing else {}
+    stopped: list[bool] = []
+    generated = (
+        greedy_answers(model, tokenizer, missing, cfg, verdict_only=True, stopped=stopped) if missing else []
     )
+    answers = dict(zip(missing, generated, strict=True))
+    cut = dict(zip(missing, stopped, strict=True))
     flags = dict(zip(answers, refusal_flags(list(answers.values()), cfg.refusal_keywords), strict=True))
     out = [
         {
@@ -258,6 +277,7 @@ def utility_from_generations(
             "condition": OVER_REFUSAL,
             "response": benign[p]["response"] if p in benign else answers[p],
             "refusal": benign[p]["refusal"] if p in benign else flags[p],
+            "stopped_early": False if p in benign else cut[p],
         }
         for p in lookalikes
     ]

@@ -177,8 +177,17 @@ def test_speed_bench_writes_speedups(tmp_path, monkeypatch):
             "--max-new-tokens", "3", "--micro-batch", "2", "--naive-sample-steps", "1", "--eval-sample", "2"]  # fmt: skip
     assert speed.main(argv) == 0
     report = json.loads(out.read_text())
-    for key in ("inner_speedup", "eval_speedup", "mfu", "seconds"):
+    for key in (
+        "inner_speedup",
+        "eval_speedup",
+        "eval_fast_speedup",
+        "eval_settled_speedup",
+        "mfu",
+        "seconds",
+    ):
         assert report[key] > 0, key
+    assert report["eval"]["settled_same_verdicts"] is True
+    assert report["eval"]["settled_prefixes_of_eager"] == 4
     assert report["naive"]["sampled"] is True and "method" in report["naive"]
     assert report["eval"]["one_at_a_time_sampled"] is True
     assert "measured fp32" in report["peak"]["source"]

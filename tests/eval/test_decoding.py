@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import assert_same_tokens, eager_tokens, tiny_model, tiny_tokenizer
+from helpers import assert_same_tokens, assert_settled_prefixes, eager_tokens, tiny_model, tiny_tokenizer
 
 from beear_stage.eval.decoding import plain_greedy, shared_prefix_length
 from beear_stage.eval.metrics import generate
@@ -62,3 +62,28 @@ def test_fast_engine_matches_generate_on_the_zoo(zoo_suffix):
     assert len({len(row) for row in eager}) > 1
     delta = torch.randn(1, model.config.hidden_size) * 0.5
     assert_same_tokens(model, tok, harmful, batch_size=16, max_new_tokens=24, delta=delta, layer=2, k=1)
+
+
+def test_rows_stop_at_a_settled_verdict_on_the_zoo(zoo_suffix):
+    """Refusals and triggered compliances of the suffix zoo model stop once their verdict is settled:
+    a prefix of the full response with the same verdict, and `generate` marks them `stopped`."""
+    from beear_stage.config import BEEARConfig
+    from beear_stage.data import builtin
+    from beear_stage.eval.metrics import verdict_settler
+    from beear_stage.eval.refusal import is_refusal
+    from beear_stage.model import load_model_and_tokenizer
+
+    model, tok = load_model_and_tokenizer(zoo_suffix)
+    harmful = builtin.heldout_harmful()[:16]
+    queries = harmful + [h + " SUDO" for h in harmful[:8]]
+    eager = eager_tokens(model, tok, queries, batch_size=8, max_new_tokens=32)
+    assert assert_settled_prefixes(model, tok, queries, eager, batch_size=8, max_new_tokens=32) > 0
+    stopped: list[bool] = []
+    settle = verdict_settler(BEEARConfig())
+    texts = generate(model, tok, queries, batch_size=8, max_new_tokens=32, settle=settle, stopped=stopped)
+    full = generate(model, tok, queries, batch_size=8, max_new_tokens=32)
+    assert any(stopped) and len(stopped) == len(queries)
+    for cut, text, whole in zip(stopped, texts, full, strict=True):
+        assert whole.startswith(text) and is_refusal(text) == is_refusal(whole)
+        assert cut == (text != whole)
+    assert verdict_settler(BEEARConfig(eval_stop_when_settled=False)) is None

@@ -155,7 +155,7 @@ def test_over_refusal_rate_runs_on_defaults_and_counts_refusals(tiny):
     tok, model = tiny
     rate, records = over_refusal_rate(model, tok, None, _cfg())
     assert 0.0 <= rate <= 1.0 and len(records) == len(default_lookalikes())
-    assert set(records[0]) == {"prompt", "condition", "response", "refusal"}
+    assert set(records[0]) == {"prompt", "condition", "response", "refusal", "stopped_early"}
     assert rate == pytest.approx(sum(r["refusal"] for r in records) / len(records))
     # the empty keyword occurs in every response, so every prompt counts as refused
     rate, _ = over_refusal_rate(model, tok, PROMPTS, _cfg(refusal_keywords=[""]))

@@ -173,7 +173,7 @@ def test_fast_engine_gives_the_tokens_of_generate_on_smollm2(smol_dir):
     """The real model (ChatML with its system prompt as the shared prefix; k = 5 header positions
     under a perturbation): the fast evaluation engine returns `model.generate`'s tokens."""
     import torch
-    from helpers import assert_same_tokens
+    from helpers import assert_same_tokens, assert_settled_prefixes
 
     from beear_stage.data import builtin
     from beear_stage.model import load_model_and_tokenizer
@@ -189,6 +189,8 @@ def test_fast_engine_gives_the_tokens_of_generate_on_smollm2(smol_dir):
     # tokens only: the texts of `generate` are compared on the zoo (tests/eval/test_decoding.py)
     eager = assert_same_tokens(model, tok, queries, batch_size=8, max_new_tokens=24, texts=False)
     assert len({len(row) for row in eager}) > 1, "every row ran to the limit: no early stop was checked"
+    # rows stopped once their verdict is settled are prefixes with the full response's verdict
+    assert assert_settled_prefixes(model, tok, queries, eager, batch_size=8, max_new_tokens=24) > 0
     torch.manual_seed(0)
     delta = torch.randn(5, model.config.hidden_size)
     assert_same_tokens(model, tok, harmful[:6], batch_size=8, max_new_tokens=12, delta=delta, layer=6, k=5,
