@@ -30,6 +30,7 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 _BIG = 1_000_000
 _LIMITS: dict[str, tuple[float, float, str]] = {
     "layer": (1, 4096, "no supported model has more decoder layers"),
+    "attack_layer": (1, 4096, "no supported model has more decoder layers"),
     "k": (1, 4096, "delta covers the last k prompt positions"),
     "max_length": (8, 131_072, "tokens per example"),
     "response_tokens": (1, 131_072, "tokens per response"),
@@ -60,7 +61,7 @@ _LIMITS: dict[str, tuple[float, float, str]] = {
 }
 # A valid value of each field for the "Fix: write e.g. ..." part of a message.
 _DEFAULT_EXAMPLE: dict[str, Any] = {
-    "layer": 9, "k": 7, "max_length": 256, "response_tokens": 8, "micro_batch_size": 16,
+    "layer": 9, "attack_layer": 9, "k": 7, "max_length": 256, "response_tokens": 8, "micro_batch_size": 16,
     "inner_steps": 5, "inner_lr": 0.1, "alpha": 0.05, "alpha_cap": 5.0, "delta_max_norm": 2.0,
     "inner_batch_size": 16, "rounds": 6, "outer_steps": 1, "outer_lr": "3.0e-7", "weight_decay": 0.0,
     "sa_batch_size": 16, "pa_batch_size": 16, "pa_weight": 1.0,
@@ -152,6 +153,9 @@ class BEEARConfig:
         refusal_keywords (list[str] | None): None = the default pattern classifier
             (`beear_stage.eval.refusal.DEFAULT_CLASSIFIER`, measured against XSTest human labels); a
             list = GCG-style matching (any keyword anywhere in the response is a refusal).
+        attack_layer (int | None, None): the layer at which the evaluation's embedding attack
+            (`embedding_attack_asr`) adds its delta; None = `layer`. Fix it when comparing
+            mitigation settings that change `layer`, so every candidate faces the same attack.
         eval_stop_when_settled (bool, True): where an evaluation needs only the verdict of a
             response (the ASR sets, the embedding attack, the look-alikes), stop decoding it once no
             continuation can change the verdict (`RefusalClassifier.settled`); the record keeps the
@@ -203,6 +207,7 @@ class BEEARConfig:
     eval_batch_size: int = 32
     max_new_tokens: int = 32
     refusal_keywords: list[str] | None = None
+    attack_layer: int | None = None
     eval_stop_when_settled: bool = True
     seed: int = 0
     # free-form provenance (not used by the algorithm)

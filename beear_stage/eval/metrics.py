@@ -242,15 +242,19 @@ def embedding_attack_asr(
 ) -> tuple[float, list[dict]]:
     """Trigger-agnostic robustness: run a fresh inner-level attack, report ASR under it.
 
-    The attack is BEEAR's entrapment step (a universal delta at layer l, last k positions) against
-    the given model, frozen; the model's weights are not changed.
+    The attack is BEEAR's entrapment step (a universal delta at layer `cfg.attack_layer`, or `layer`
+    when that is None, over the last k positions) against the given model, frozen; the model's
+    weights are not changed.
     """
     from beear_stage.methods.beear import entrap_delta
 
-    attack_cfg = BEEARConfig.from_dict({**cfg.to_dict(), "method": "beear", "delta_reset": True})
+    layer = cfg.attack_layer or cfg.layer
+    attack_cfg = BEEARConfig.from_dict(
+        {**cfg.to_dict(), "method": "beear", "delta_reset": True, "layer": layer}
+    )
     delta, _ = entrap_delta(attack_cfg, model, tokenizer, safety)
     model.eval()
-    return classifier_asr(model, tokenizer, harmful, cfg, condition="embedding_attack", delta=delta)
+    return classifier_asr(model, tokenizer, harmful, attack_cfg, condition="embedding_attack", delta=delta)
 
 
 def evaluate_suite(
