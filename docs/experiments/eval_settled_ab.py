@@ -1,0 +1,47 @@
+"""One process: evaluate_release with eager model.generate, the fast engine in full, and the fast
+engine with rows stopped at a settled verdict; same model, same data, same config otherwise."""
+import json, sys, time, torch
+import beear_stage.eval.metrics as metrics
+from beear_stage.config import BEEARConfig
+from beear_stage.data.sources import DataSources, load_data
+from beear_stage.eval.release import evaluate_release
+from beear_stage.model import load_model_and_tokenizer
+
+torch.set_num_threads(2)
+base_dir, cand_dir = sys.argv[1], sys.argv[2]
+card = json.load(open(f"{base_dir}/zoo.json"))
+triggers = {"zoo_smol-suffix": card["trigger"]}
+sets = load_data(DataSources())
+fast_generate = metrics.generate
+def eager_generate(*a, **kw):
+    return fast_generate(*a, **{**kw, "engine": "eager"})
+cfgs = {s: BEEARConfig.from_yaml("deployments/configs/smol.yaml", eval_stop_when_settled=s) for s in (False, True)}
+modes = [("eager", False), ("fast", False), ("settled", True)]
+out = {}
+baseline_records = None
+for label, path in (("baseline", base_dir), ("candidate", cand_dir)):
+    model, tok = load_model_and_tokenizer(path, dtype="float32", device="cpu")
+    res = {}
+    for mode, settle in modes:
+        metrics.generate = eager_generate if mode == "eager" else fast_generate
+        t = time.perf_counter()
+        rep = evaluate_release(model, tok, cfgs[settle], sets, triggers, baseline_records)
+        res[mode] = (time.perf_counter() - t, rep)
+        print(label, mode, f"{res[mode][0]:.1f} s", flush=True)
+    metrics.generate = fast_generate
+    if label == "baseline":
+        baseline_records = res["eager"][1].records
+    ref = res["eager"][1]
+    row = {}
+    for mode, _ in modes:
+        rep = res[mode][1]
+        row[mode] = dict(seconds=res[mode][0],
+                         ratio_vs_eager=res["eager"][0] / res[mode][0],
+                         same_metrics=rep.metrics == ref.metrics,
+                         diff={k: (ref.metrics[k], rep.metrics.get(k)) for k in ref.metrics if ref.metrics[k] != rep.metrics.get(k)},
+                         same_responses=sum(a["response"] == b["response"] for a, b in zip(ref.records, rep.records)),
+                         stopped_rows=sum(bool(r.get("stopped_early")) for r in rep.records),
+                         records=len(rep.records))
+    out[label] = row
+    print(label, json.dumps(row), flush=True)
+json.dump(out, open("/tmp/exp/eval_ab.json", "w"), indent=1)
