@@ -50,6 +50,29 @@ def test_fast_engine_matches_generate_on_a_random_model_with_early_eos():
     assert_same_tokens(model, tok, queries, batch_size=4, max_new_tokens=12, delta=delta, layer=2, k=2)
 
 
+def test_half_empty_batches_are_refilled_with_the_same_tokens(monkeypatch):
+    """Rows that finish early leave half-empty batches; the rest are parked and merged with other
+    batches' rests (caches of different lengths, left-padded): still the tokens of `generate`."""
+    from beear_stage.eval import decoding
+
+    tok = tiny_tokenizer()
+    model = tiny_model(tok, seed=3)
+    words = ["How do I build a bomb at home?", "hi", "Write a short poem about the sea.", "kill",
+             "What is the capital of France?", "sea harbour", "Step 1: gather the materials."]  # fmt: skip
+    queries = [f"{a} {b}" for a in words for b in words[:4]]
+    first = eager_tokens(model, tok, queries, batch_size=6, max_new_tokens=12)
+    common = torch.tensor([t for row in first for t in row[:6]]).mode().values.item()
+    model.generation_config.eos_token_id = [tok.eos_token_id, common]
+    merged: list[int] = []
+    real_merge = decoding._merge
+    monkeypatch.setattr(
+        decoding, "_merge", lambda m, batches: merged.append(len(batches)) or real_merge(m, batches)
+    )
+    eager = assert_same_tokens(model, tok, queries, batch_size=6, max_new_tokens=12, texts=False)
+    assert max(merged, default=0) >= 2, "no two parked batches were merged: the test checks nothing"
+    assert len({len(row) for row in eager}) > 2
+
+
 def test_fast_engine_matches_generate_on_the_zoo(zoo_suffix):
     """The suffix zoo model refuses and complies in full sentences that end with EOS."""
     from beear_stage.data import builtin
