@@ -229,11 +229,14 @@ def release(
         # 6. Gate: candidate vs baseline against the thresholds.
         report = gate(before["metrics"], after["metrics"], thresholds.to_dict(), str(out))
         # 7. Register in MLflow (gate tag always; alias `candidate` only on pass).
-        # Time inside beear_stage in this run (data loading and validation, model loading, evaluation,
-        # mitigation, saving); cached results from an earlier run do not count. The rest of the
-        # flow's wall time is orchestration: Prefect, MLflow tracking and registry, plots.
+        # Time inside beear_stage in this run (pulling, converting or building the checkpoint, data
+        # loading and validation, model loading, evaluation, mitigation, saving); cached results
+        # from an earlier run do not count. The rest of the flow's wall time is orchestration:
+        # Prefect, MLflow tracking and registry, plots.
         compute = sum(
-            r["seconds"] for r in (validated, before, mitigated, after) if r["finished_at"] >= started_at
+            r["seconds"]
+            for r in (ckpt, validated, before, mitigated, after)
+            if r["finished_at"] >= started_at
         )
         timings = {"compute_seconds": compute, "flow_seconds": time.perf_counter() - start}
         version = register(

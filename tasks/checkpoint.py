@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import time
+
 from prefect import get_run_logger, task
 
 from beear_stage.release.pull import resolve_checkpoint
@@ -26,13 +28,16 @@ def pull_checkpoint(checkpoint: str, revision: str = "", zoo_cache: str | None =
 
     Returns:
         {"path", "sha" (commit SHA, content hash, or a GGUF file's sha256), "kind"
-        ("hub"|"local"|"gguf"|"zoo"), "source", "revision"}.
+        ("hub"|"local"|"gguf"|"zoo"), "source", "revision", "seconds" and "finished_at" (the
+        library's time: download, GGUF conversion or zoo build, as the other compute tasks report)}.
 
     Raises:
         CheckpointError: not found, pickle-only weights or custom code.
     """
     log = get_run_logger()
+    started = time.perf_counter()
     info = resolve_checkpoint(checkpoint, revision, zoo_cache)
+    info = {**info, "seconds": time.perf_counter() - started, "finished_at": time.time()}
     if revision and info["kind"] != "hub":
         log.warning("`revision` = %r is ignored for the %s checkpoint %s", revision, info["kind"], checkpoint)
     log.info("checkpoint %s -> %s (%s, sha %s)", checkpoint, info["path"], info["kind"], info["sha"][:12])

@@ -233,7 +233,10 @@ def test_unknown_hub_revision_offline(tmp_path, monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     with disable_run_logger():
-        assert pull_checkpoint.fn("org/model", "main")["sha"] == sha
+        info = pull_checkpoint.fn("org/model", "main")
+        assert info["sha"] == sha
+        # the flow counts the pull (download, GGUF conversion, zoo build) as library time
+        assert info["seconds"] >= 0 and info["finished_at"] <= time.time()
         with pytest.raises(CheckpointError, match=r"\(revision 'v9.9'\) was not found in the local cache"):
             pull_checkpoint.fn("org/model", "v9.9")
         with pytest.raises(CheckpointError, match=r"'org/absent' \(revision 'main'\) was not found"):
