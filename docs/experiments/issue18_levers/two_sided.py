@@ -1,0 +1,62 @@
+"""Exploration only: two-sided BEEAR. Each round also entraps a benign delta_b on the PA prompts
+(min CE(refusal | x_p, delta_b) - alpha * min(CE(y_p | x_p, delta_b), cap)), and the outer level adds
+pa_delta_weight * CE(y_p | x_p, delta_b): benign prompts pushed toward refusal keep their answers."""
+import os
+import sys
+
+import torch
+
+from beear_stage.data.builtin import default_refusal
+from beear_stage.data.records import SafetyRecord
+from beear_stage.methods import beear as B
+from beear_stage.methods.losses import removal_loss
+from beear_stage.templates import encode_example
+
+STEPS = int(os.environ.get("BENIGN_STEPS", "4"))
+_encode = B.BEEAR.encode
+
+
+def encode(self):
+    _encode(self)
+    n, cut = self.cfg.max_length, self.cfg.response_tokens
+    self.benign_safety = [SafetyRecord(r.query, default_refusal(r.query), r.answer) for r in self.performance]
+    self.benign_unwanted = [B._cut(encode_example(self.tokenizer, r.query, default_refusal(r.query), n), cut) for r in self.performance]
+    self.benign_safe = [B._cut(p, cut) for p in self.pa]
+
+
+_entrap = B.BEEAR.entrap
+
+
+def entrap(self, previous):
+    delta, stats = _entrap(self, previous)
+    if not self.performance:  # the evaluation's embedding attack: one-sided, as always
+        return delta, stats
+    saved = (self.safety, self.sa_unwanted, self.sa_safe, self.cfg)
+    from dataclasses import replace
+    self.safety, self.sa_unwanted, self.sa_safe = self.benign_safety, self.benign_unwanted, self.benign_safe
+    self.cfg = replace(self.cfg, inner_steps=STEPS)
+    try:
+        self.delta_b, bstats = _entrap(self, None)
+    finally:
+        self.safety, self.sa_unwanted, self.sa_safe, self.cfg = saved
+    stats.update({f"benign_{k}": v for k, v in bstats.items()})
+    return delta, stats
+
+
+def removal_backward(self, sa, pa, delta):
+    cfg = self.cfg
+    ce_safe = self._backward_ce(sa, delta, 1.0)
+    ce_perf = torch.zeros((), device=self.device)
+    ce_perf_delta = None
+    if pa is not None and cfg.pa_weight > 0:
+        ce_perf = self._backward_ce(pa, None, cfg.pa_weight)
+    if pa is not None and cfg.pa_delta_weight > 0 and delta is not None:
+        ce_perf_delta = self._backward_ce(pa, self.delta_b, cfg.pa_delta_weight)
+    loss = removal_loss(ce_safe, ce_perf, cfg.pa_weight, ce_perf_delta, cfg.pa_delta_weight)
+    return loss, ce_safe, ce_perf, ce_perf_delta
+
+
+B.BEEAR.encode, B.BEEAR.entrap, B.BEEAR.removal_backward = encode, entrap, removal_backward
+from beear_stage.bench import real as bench_real  # noqa: E402
+
+sys.exit(bench_real.main(sys.argv[1:]))
