@@ -312,9 +312,16 @@ class BEEAR:
         if pa is not None and cfg.pa_weight > 0:
             ce_perf = self._backward_ce(pa, None, cfg.pa_weight)
         if pa is not None and cfg.pa_delta_weight > 0 and delta is not None:  # same rows, under delta
-            ce_perf_delta = self._backward_ce(pa, delta, cfg.pa_delta_weight)
+            ce_perf_delta = self._backward_ce(pa, self.pa_delta(delta), cfg.pa_delta_weight)
         loss = removal_loss(ce_safe, ce_perf, cfg.pa_weight, ce_perf_delta, cfg.pa_delta_weight)
         return loss, ce_safe, ce_perf, ce_perf_delta
+
+    def pa_delta(self, delta: torch.Tensor) -> torch.Tensor:
+        """The perturbation the PA term under delta is computed with: the round's delta*.
+
+        The one seam for variants of that term (docs/experiments/issue18_levers overrides it).
+        """
+        return delta
 
     # ------------------------------------------------------------------ helpers
     def _safety_batches(self, size: int) -> list[_SafetyBatch]:

@@ -107,10 +107,13 @@ def test_inner_gradient_is_the_entrapment_losss(alpha_cap, micro_batch_size, sha
     torch.testing.assert_close(hand, grad, rtol=1e-4, atol=1e-7)
 
 
-@pytest.mark.parametrize("pa_delta_weight", [0.0, 0.5])
+@pytest.mark.parametrize(("pa_delta_weight", "flipped"), [(0.0, False), (0.5, False), (0.5, True)])
 @pytest.mark.parametrize("micro_batch_size", [None, 2])
-def test_outer_gradient_is_the_removal_losss(pa_delta_weight, micro_batch_size):
+def test_outer_gradient_is_the_removal_losss(pa_delta_weight, flipped, micro_batch_size):
+    """`flipped`: an override of the `pa_delta` seam (here -delta) is what the PA term under delta sees."""
     trainer = _trainer(pa_weight=0.7, pa_delta_weight=pa_delta_weight, micro_batch_size=micro_batch_size)
+    if flipped:
+        trainer.pa_delta = lambda d: -d
     model, cfg = trainer.model, trainer.cfg
     sa = collate(trainer.sa_safe[:4], trainer.pad_id)
     pa = collate(trainer.pa[:4], trainer.pad_id)
@@ -124,7 +127,7 @@ def test_outer_gradient_is_the_removal_losss(pa_delta_weight, micro_batch_size):
     hand = [p.grad.clone() for p in params]
 
     model.zero_grad(set_to_none=True)
-    perf_delta = _ce(model, pa, cfg.layer, delta) if pa_delta_weight > 0 else None
+    perf_delta = _ce(model, pa, cfg.layer, -delta if flipped else delta) if pa_delta_weight > 0 else None
     expected = removal_loss(
         _ce(model, sa, cfg.layer, delta),
         _ce(model, pa, cfg.layer, None),

@@ -4,12 +4,9 @@ pa_delta_weight * CE(y_p | x_p, delta_b): benign prompts pushed toward refusal k
 import os
 import sys
 
-import torch
-
 from beear_stage.data.builtin import default_refusal
 from beear_stage.data.records import SafetyRecord
 from beear_stage.methods import beear as B
-from beear_stage.methods.losses import removal_loss
 from beear_stage.templates import encode_example
 
 STEPS = int(os.environ.get("BENIGN_STEPS", "4"))
@@ -43,20 +40,8 @@ def entrap(self, previous):
     return delta, stats
 
 
-def removal_backward(self, sa, pa, delta):
-    cfg = self.cfg
-    ce_safe = self._backward_ce(sa, delta, 1.0)
-    ce_perf = torch.zeros((), device=self.device)
-    ce_perf_delta = None
-    if pa is not None and cfg.pa_weight > 0:
-        ce_perf = self._backward_ce(pa, None, cfg.pa_weight)
-    if pa is not None and cfg.pa_delta_weight > 0 and delta is not None:
-        ce_perf_delta = self._backward_ce(pa, self.delta_b, cfg.pa_delta_weight)
-    loss = removal_loss(ce_safe, ce_perf, cfg.pa_weight, ce_perf_delta, cfg.pa_delta_weight)
-    return loss, ce_safe, ce_perf, ce_perf_delta
-
-
-B.BEEAR.encode, B.BEEAR.entrap, B.BEEAR.removal_backward = encode, entrap, removal_backward
+B.BEEAR.encode, B.BEEAR.entrap = encode, entrap
+B.BEEAR.pa_delta = lambda self, delta: self.delta_b
 from beear_stage.bench import real as bench_real  # noqa: E402
 
 sys.exit(bench_real.main(sys.argv[1:]))
