@@ -21,12 +21,16 @@ import sys
 from typing import Any
 
 EXIT_PASSED, EXIT_GATE_FAILED, EXIT_BAD_INPUT, EXIT_ERROR = 0, 1, 2, 3
-QUIET_ENV = {
+# Defaults for the run's environment; a value the user has set wins (setdefault in `main`).
+DEFAULT_ENV = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "HF_HUB_DISABLE_TELEMETRY": "1",
     # the library's progress lines (counts and an ETA) in the run log
     "PREFECT_LOGGING_EXTRA_LOGGERS": "beear_stage",
+    # Prefect's temporary server gets 20 s to start by default; on 2 busy cores that is too short,
+    # and the run died before its first task ("Timed out while attempting to connect").
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
 }
 
 
@@ -322,7 +326,7 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    for key, value in QUIET_ENV.items():  # before prefect / mlflow are imported
+    for key, value in DEFAULT_ENV.items():  # before prefect / mlflow are imported
         os.environ.setdefault(key, value)
     from flows.services import project_root
 
