@@ -96,8 +96,10 @@ def test_pull_hub_offline_resolves_branch_to_full_sha(tmp_path, monkeypatch):
     snapshot = _hf_cache(tmp_path, "org/model", SHA)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    before = time.time()
     with disable_run_logger():
         info = pull_checkpoint.fn("org/model", "main")
+    after = time.time()
     timing = {k: info.pop(k) for k in ("seconds", "finished_at")}  # library time, for the flow
     assert info == {
         "path": str(snapshot),
@@ -106,7 +108,9 @@ def test_pull_hub_offline_resolves_branch_to_full_sha(tmp_path, monkeypatch):
         "source": "org/model",
         "revision": "main",
     }
-    assert timing["seconds"] >= 0
+    # the task's own clock, within the call: not a placeholder, not another run's time
+    assert before <= timing["finished_at"] <= after
+    assert 0 <= timing["seconds"] <= after - before
     with disable_run_logger(), pytest.raises(CheckpointError, match="not found in the local cache"):
         pull_checkpoint.fn("org/absent")
 

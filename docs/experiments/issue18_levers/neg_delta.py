@@ -1,4 +1,5 @@
 """Exploration only: the PA term under -delta (benign prompts pushed toward refusal must still get their answers)."""
+
 import sys
 
 from beear_stage.methods import beear as B

@@ -1,6 +1,7 @@
 """Exploration only: delta kept orthogonal, per position, to the harm direction at layer l
 (u_j = mean h_l(SA prompts) - mean h_l(PA prompts) at the j-th of the last k prompt positions,
 re-measured each round): delta cannot make a harmful request look benign, only act otherwise."""
+
 import os
 import sys
 
