@@ -96,10 +96,10 @@ def test_pull_hub_offline_resolves_branch_to_full_sha(tmp_path, monkeypatch):
     snapshot = _hf_cache(tmp_path, "org/model", SHA)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    before = time.time()
+    before, started = time.time(), time.perf_counter()
     with disable_run_logger():
         info = pull_checkpoint.fn("org/model", "main")
-    after = time.time()
+    after, elapsed = time.time(), time.perf_counter() - started
     timing = {k: info.pop(k) for k in ("seconds", "finished_at")}  # library time, for the flow
     assert info == {
         "path": str(snapshot),
@@ -110,7 +110,7 @@ def test_pull_hub_offline_resolves_branch_to_full_sha(tmp_path, monkeypatch):
     }
     # the task's own clock, within the call: not a placeholder, not another run's time
     assert before <= timing["finished_at"] <= after
-    assert 0 <= timing["seconds"] <= after - before
+    assert 0 <= timing["seconds"] <= elapsed  # both perf_counter intervals
     with disable_run_logger(), pytest.raises(CheckpointError, match="not found in the local cache"):
         pull_checkpoint.fn("org/absent")
 

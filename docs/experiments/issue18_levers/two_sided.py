@@ -4,6 +4,7 @@ pa_delta_weight * CE(y_p | x_p, delta_b): benign prompts pushed toward refusal k
 
 import os
 import sys
+from dataclasses import replace
 
 from beear_stage.data.builtin import default_refusal
 from beear_stage.data.records import SafetyRecord
@@ -21,9 +22,9 @@ def encode(self):
     n, cut = self.cfg.max_length, self.cfg.response_tokens
     self.benign_safety = [SafetyRecord(r.query, default_refusal(r.query), r.answer) for r in self.performance]
     self.benign_unwanted = [
-        B._cut(encode_example(self.tokenizer, r.query, default_refusal(r.query), n), cut)
-        for r in self.performance
+        B._cut(encode_example(self.tokenizer, r.query, r.safe_response, n), cut) for r in self.benign_safety
     ]
+    self.benign_weight = self.cfg.pa_delta_weight  # the two-sided rounds' weight (0 before BENIGN_FROM)
     self.benign_safe = [B._cut(p, cut) for p in self.pa]
 
 
@@ -34,14 +35,11 @@ def entrap(self, previous):
     delta, stats = _entrap(self, previous)
     if not self.performance:  # the evaluation's embedding attack: one-sided, as always
         return delta, stats
-    from dataclasses import replace
-
     self.round_ = getattr(self, "round_", -1) + 1
-    if self.round_ < BENIGN_FROM:
-        self.weight_ = getattr(self, "weight_", self.cfg.pa_delta_weight)
-        self.cfg = replace(self.cfg, pa_delta_weight=0.0)
+    two_sided = self.round_ >= BENIGN_FROM
+    self.cfg = replace(self.cfg, pa_delta_weight=self.benign_weight if two_sided else 0.0)
+    if not two_sided:
         return delta, stats
-    self.cfg = replace(self.cfg, pa_delta_weight=getattr(self, "weight_", self.cfg.pa_delta_weight))
     saved = (self.safety, self.sa_unwanted, self.sa_safe, self.cfg)
     self.safety, self.sa_unwanted, self.sa_safe = self.benign_safety, self.benign_unwanted, self.benign_safe
     self.cfg = replace(self.cfg, inner_steps=STEPS)
