@@ -1,6 +1,10 @@
 """One process: evaluate_release on one model with the fast engine (settled rows stop) at
 eval_batch_size 32 and 64, then eager model.generate at both sizes; same data, same config
-otherwise. Prints each mode as it finishes; writes the JSON given as the second argument."""
+otherwise. Prints each mode as it finishes; writes to the JSON given as the second argument the
+seconds of each mode and how its responses compare with fast-32's and eager-32's (not the responses).
+
+    python docs/experiments/eval_batch_ab.py MODEL_DIR OUT.json [CONFIG.yaml (default: smol.yaml)]
+"""
 import json, sys, time, torch
 import beear_stage.eval.metrics as metrics
 from beear_stage.config import BEEARConfig
@@ -10,25 +14,35 @@ from beear_stage.model import load_model_and_tokenizer
 
 torch.set_num_threads(2)
 model_dir, out_path = sys.argv[1], sys.argv[2]
+config = sys.argv[3] if len(sys.argv) > 3 else "deployments/configs/smol.yaml"
 card = json.load(open(f"{model_dir}/zoo.json"))
-triggers = {"zoo_smol-suffix": card["trigger"]}
+triggers = {f"zoo_{card['name']}": card["trigger"]}
 sets = load_data(DataSources())
 fast_generate = metrics.generate
 def eager_generate(*a, **kw):
     return fast_generate(*a, **{**kw, "engine": "eager"})
 model, tok = load_model_and_tokenizer(model_dir, dtype="float32", device="cpu")
-modes = [("fast", 32), ("fast", 64), ("eager", 32), ("eager", 64)]
-out, ref = {}, None
-for engine, batch in modes:
-    cfg = BEEARConfig.from_yaml("deployments/configs/smol.yaml", eval_batch_size=batch)
+runs = {}  # "engine-batch" -> (seconds, report)
+for engine, batch in [("fast", 32), ("fast", 64), ("eager", 32), ("eager", 64)]:
+    cfg = BEEARConfig.from_yaml(config, eval_batch_size=batch)
     metrics.generate = eager_generate if engine == "eager" else fast_generate
     t = time.perf_counter()
     rep = evaluate_release(model, tok, cfg, sets, triggers, None)
-    seconds = time.perf_counter() - t
-    ref = ref or rep
-    out[f"{engine}-{batch}"] = dict(
-        seconds=round(seconds, 1), same_metrics_as_fast_32=rep.metrics == ref.metrics,
-        stopped_rows=sum(bool(r.get("stopped_early")) for r in rep.records), records=len(rep.records),
-        responses=[r["response"] for r in rep.records])
-    print(engine, batch, f"{seconds:.1f} s", "same metrics:", rep.metrics == ref.metrics, flush=True)
-    json.dump(out, open(out_path, "w"), indent=1)
+    runs[f"{engine}-{batch}"] = (time.perf_counter() - t, rep)
+    print(engine, batch, f"{runs[f'{engine}-{batch}'][0]:.1f} s", flush=True)
+metrics.generate = fast_generate
+responses = {k: [r["response"] for r in rep.records] for k, (_, rep) in runs.items()}
+eager = responses["eager-32"]
+out = {"model": model_dir, "config": config, "modes": {}}
+for k, (seconds, rep) in runs.items():
+    out["modes"][k] = {
+        "seconds": round(seconds, 1), "records": len(rep.records),
+        "stopped_rows": sum(bool(r.get("stopped_early")) for r in rep.records),
+        "responses_equal_to_fast_32": sum(a == b for a, b in zip(responses["fast-32"], responses[k])),
+        "responses_equal_to_eager_32": sum(a == b for a, b in zip(eager, responses[k])),
+        "fast_responses_prefix_of_eager_32": sum(e.startswith(a) for a, e in zip(responses[k], eager)),
+        "metrics_equal_to_fast_32": rep.metrics == runs["fast-32"][1].metrics,
+        "benign_nll": rep.metrics.get("benign_nll"),
+    }
+json.dump(out, open(out_path, "w"), indent=1)
+print(json.dumps(out["modes"], indent=1))
