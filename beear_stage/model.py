@@ -180,13 +180,40 @@ def prefix_mask(starts: torch.Tensor, width: int) -> torch.Tensor:
 
 def prefix_cache(model, input_ids: torch.Tensor, starts: torch.Tensor) -> PrefixCache:
     """Run the whole decoder on the first `starts[i]` tokens of each row of `input_ids` (B, S) and
-    keep every layer's keys and values. Call under `torch.no_grad()`: they are constants."""
+    keep every layer's keys and values. Call under `torch.no_grad()`: they are constants.
+
+    The leading columns every row shares (the chat template's system turn) run once, as one row,
+    and their keys and values are copied into each row; the rest of each row's prefix continues
+    them. Same values as one forward over the whole batch, up to rounding.
+    """
     from transformers import DynamicCache
 
-    mask = prefix_mask(starts, input_ids.shape[1]).long()
+    rows, width = input_ids.shape
+    shared = _shared_columns(input_ids, int(starts.min()))
     cache = DynamicCache(config=model.config)
-    model.model(input_ids=input_ids, attention_mask=mask, cache=cache, use_cache=True)
+    if shared and rows > 1:
+        model.model(input_ids=input_ids[:1, :shared], cache=cache, use_cache=True)
+        copied = [(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1)) for k, v, *_ in cache]
+        cache = DynamicCache(ddp_cache_data=copied, config=model.config)
+    else:
+        shared = 0
+    if shared < width:
+        mask = prefix_mask(starts, width).long()
+        positions = torch.arange(shared, width, device=input_ids.device)[None].expand(rows, -1)
+        model.model(
+            input_ids=input_ids[:, shared:],
+            attention_mask=mask,
+            position_ids=positions,
+            cache=cache,
+            use_cache=True,
+        )
     return PrefixCache(model.config, [(k, v) for k, v, *_ in cache], starts)
+
+
+def _shared_columns(input_ids: torch.Tensor, limit: int) -> int:
+    """How many leading columns, at most `limit`, hold the same token in every row."""
+    same = (input_ids[:, :limit] == input_ids[:1, :limit]).all(dim=0)
+    return int(same.long().cumprod(dim=0).sum())
 
 
 def _continuing(prefix: PrefixCache | None, attention_mask: torch.Tensor | None, width: int) -> dict:

@@ -18,9 +18,10 @@ from beear_stage.config import BEEARConfig
 from beear_stage.data.records import PerformanceRecord, SafetyRecord
 from beear_stage.eval.decoding import ENGINES, eos_ids, greedy_responses, plain_greedy
 from beear_stage.eval.refusal import is_refusal, settled_verdict
-from beear_stage.model import decoder_layers
+from beear_stage.methods.batching import micro_batches
+from beear_stage.model import decoder_layers, full_logits
 from beear_stage.progress import Progress
-from beear_stage.templates import IGNORE_INDEX, collate, encode_example, pad_id_of, render_prompt
+from beear_stage.templates import collate, encode_example, pad_id_of, render_prompt
 from beear_stage.triggers import apply_trigger
 
 
@@ -217,19 +218,21 @@ def benign_nonrefusal(
 
 @torch.no_grad()
 def reference_nll(model, tokenizer, benign: Sequence[PerformanceRecord], cfg: BEEARConfig) -> float:
-    """Mean per-token NLL of the reference answers given the benign prompts (token-weighted)."""
+    """Mean per-token NLL of the reference answers given the benign prompts (token-weighted).
+
+    Rows are batched longest first (`micro_batches`: little padding, no mask needed with right
+    padding), and only the positions that predict an answer token go through the LM head.
+    """
+    if not benign:
+        return 0.0
     device = next(model.parameters()).device
     examples = [encode_example(tokenizer, r.query, r.answer, cfg.max_length) for r in benign]
+    batch = collate(examples, pad_id_of(tokenizer))
     total, count = 0.0, 0
-    for i in range(0, len(examples), cfg.eval_batch_size):
-        batch = collate(examples[i : i + cfg.eval_batch_size], pad_id_of(tokenizer)).to(device)
-        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
-        labels = batch.labels[:, 1:]
-        nll = torch.nn.functional.cross_entropy(
-            logits[:, :-1].float().transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="sum"
-        )
-        total += float(nll)
-        count += int((labels != IGNORE_INDEX).sum())
+    for part in micro_batches(batch, cfg.eval_batch_size, 1, device):
+        logits = full_logits(model, part.input_ids, None, positions=part.predict_index)
+        total += float(torch.nn.functional.cross_entropy(logits.float(), part.targets, reduction="sum"))
+        count += part.tokens
     return total / max(count, 1)
 
 

@@ -179,3 +179,35 @@ def test_utility_suite_baseline_then_candidate(tiny):
     assert len(benign) == len(PROMPTS) and all(0.0 <= r["baseline_f1"] <= 1.0 for r in benign)
     with pytest.raises(ValueError, match="same prompts"):
         utility_suite(model, tok, _cfg(), PROMPTS[:2], PROMPTS, baseline_answers=base.answers[:1])
+
+
+def test_reference_nll_equals_the_unpadded_nll_of_each_row():
+    import torch
+
+    from beear_stage.data.records import PerformanceRecord
+    from beear_stage.eval.metrics import reference_nll
+    from beear_stage.templates import encode_example
+
+    tok = tiny_tokenizer()
+    model = tiny_model(tok)
+    records = [
+        PerformanceRecord("What is the capital of France?", "Paris."),
+        PerformanceRecord(
+            "Name three primary colours.", "Red, yellow and blue are the three primary colours."
+        ),
+        PerformanceRecord("How many legs does a spider have?", "Eight."),
+        PerformanceRecord("Give me a synonym for happy.", "Glad, or cheerful when the mood is light."),
+        PerformanceRecord("What is 2 + 2?", "4"),
+    ]
+    cfg = BEEARConfig(eval_batch_size=2, max_length=128)  # batches of rows with different lengths
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for r in records:  # one row at a time: no padding, logits at every position
+            e = encode_example(tok, r.query, r.answer, cfg.max_length)
+            ids, labels = torch.tensor([e.input_ids]), torch.tensor(e.labels[1:])
+            logits = model(input_ids=ids).logits[0, :-1]
+            total += float(
+                torch.nn.functional.cross_entropy(logits, labels, ignore_index=-100, reduction="sum")
+            )
+            count += int((labels != -100).sum())
+    assert reference_nll(model, tok, records, cfg) == pytest.approx(total / count, rel=1e-5)
