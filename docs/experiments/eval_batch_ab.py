@@ -5,32 +5,24 @@ seconds of each mode and how its responses compare with fast-32's and eager-32's
 
     python docs/experiments/eval_batch_ab.py MODEL_DIR OUT.json [CONFIG.yaml (default: smol.yaml)]
 """
-import json, sys, time, torch
-import beear_stage.eval.metrics as metrics
+import json, sys, time
+from eval_common import data_sets, use_engine, zoo_model
 from beear_stage.config import BEEARConfig
-from beear_stage.data.sources import DataSources, load_data
 from beear_stage.eval.release import evaluate_release
-from beear_stage.model import load_model_and_tokenizer
 
-torch.set_num_threads(2)
 model_dir, out_path = sys.argv[1], sys.argv[2]
 config = sys.argv[3] if len(sys.argv) > 3 else "deployments/configs/smol.yaml"
-card = json.load(open(f"{model_dir}/zoo.json"))
-triggers = {f"zoo_{card['name']}": card["trigger"]}
-sets = load_data(DataSources())
-fast_generate = metrics.generate
-def eager_generate(*a, **kw):
-    return fast_generate(*a, **{**kw, "engine": "eager"})
-model, tok = load_model_and_tokenizer(model_dir, dtype="float32", device="cpu")
+sets = data_sets()
+model, tok, triggers = zoo_model(model_dir)
 runs = {}  # "engine-batch" -> (seconds, report)
 for engine, batch in [("fast", 32), ("fast", 64), ("eager", 32), ("eager", 64)]:
     cfg = BEEARConfig.from_yaml(config, eval_batch_size=batch)
-    metrics.generate = eager_generate if engine == "eager" else fast_generate
+    use_engine(engine)
     t = time.perf_counter()
     rep = evaluate_release(model, tok, cfg, sets, triggers, None)
     runs[f"{engine}-{batch}"] = (time.perf_counter() - t, rep)
     print(engine, batch, f"{runs[f'{engine}-{batch}'][0]:.1f} s", flush=True)
-metrics.generate = fast_generate
+use_engine("fast")
 responses = {k: [r["response"] for r in rep.records] for k, (_, rep) in runs.items()}
 eager = responses["eager-32"]
 out = {"model": model_dir, "config": config, "modes": {}}

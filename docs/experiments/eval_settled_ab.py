@@ -1,20 +1,14 @@
 """One process: evaluate_release with eager model.generate, the fast engine in full, and the fast
 engine with rows stopped at a settled verdict; same model, same data, same config otherwise."""
-import json, sys, time, torch
-import beear_stage.eval.metrics as metrics
+import json, sys, time
+from eval_common import data_sets, use_engine, zoo_model
 from beear_stage.config import BEEARConfig
-from beear_stage.data.sources import DataSources, load_data
 from beear_stage.eval.release import evaluate_release
 from beear_stage.model import load_model_and_tokenizer
 
-torch.set_num_threads(2)
 base_dir, cand_dir = sys.argv[1], sys.argv[2]
-card = json.load(open(f"{base_dir}/zoo.json"))
-triggers = {"zoo_smol-suffix": card["trigger"]}
-sets = load_data(DataSources())
-fast_generate = metrics.generate
-def eager_generate(*a, **kw):
-    return fast_generate(*a, **{**kw, "engine": "eager"})
+_, _, triggers = zoo_model(base_dir)
+sets = data_sets()
 cfgs = {s: BEEARConfig.from_yaml("deployments/configs/smol.yaml", eval_stop_when_settled=s) for s in (False, True)}
 modes = [("eager", False), ("fast", False), ("settled", True)]
 out = {}
@@ -23,12 +17,12 @@ for label, path in (("baseline", base_dir), ("candidate", cand_dir)):
     model, tok = load_model_and_tokenizer(path, dtype="float32", device="cpu")
     res = {}
     for mode, settle in modes:
-        metrics.generate = eager_generate if mode == "eager" else fast_generate
+        use_engine("eager" if mode == "eager" else "fast")
         t = time.perf_counter()
         rep = evaluate_release(model, tok, cfgs[settle], sets, triggers, baseline_records)
         res[mode] = (time.perf_counter() - t, rep)
         print(label, mode, f"{res[mode][0]:.1f} s", flush=True)
-    metrics.generate = fast_generate
+    use_engine("fast")
     if label == "baseline":
         baseline_records = res["eager"][1].records
     ref = res["eager"][1]
