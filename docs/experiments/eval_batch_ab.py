@@ -5,8 +5,13 @@ seconds of each mode and how its responses compare with fast-32's and eager-32's
 
     python docs/experiments/eval_batch_ab.py MODEL_DIR OUT.json [CONFIG.yaml (default: smol.yaml)]
 """
-import json, sys, time
+
+import json
+import sys
+import time
+
 from eval_common import data_sets, use_engine, zoo_model
+
 from beear_stage.config import BEEARConfig
 from beear_stage.eval.release import evaluate_release
 
@@ -28,11 +33,16 @@ eager = responses["eager-32"]
 out = {"model": model_dir, "config": config, "modes": {}}
 for k, (seconds, rep) in runs.items():
     out["modes"][k] = {
-        "seconds": round(seconds, 1), "records": len(rep.records),
+        "seconds": round(seconds, 1),
+        "records": len(rep.records),
         "stopped_rows": sum(bool(r.get("stopped_early")) for r in rep.records),
-        "responses_equal_to_fast_32": sum(a == b for a, b in zip(responses["fast-32"], responses[k])),
-        "responses_equal_to_eager_32": sum(a == b for a, b in zip(eager, responses[k])),
-        "fast_responses_prefix_of_eager_32": sum(e.startswith(a) for a, e in zip(responses[k], eager)),
+        "responses_equal_to_fast_32": sum(
+            a == b for a, b in zip(responses["fast-32"], responses[k], strict=True)
+        ),
+        "responses_equal_to_eager_32": sum(a == b for a, b in zip(eager, responses[k], strict=True)),
+        "fast_responses_prefix_of_eager_32": sum(
+            e.startswith(a) for a, e in zip(responses[k], eager, strict=True)
+        ),
         "metrics_equal_to_fast_32": rep.metrics == runs["fast-32"][1].metrics,
         "benign_nll": rep.metrics.get("benign_nll"),
     }

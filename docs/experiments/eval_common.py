@@ -1,5 +1,6 @@
 """Set-up the evaluation A/B scripts share: two threads, the data sets, a zoo model and its
 trigger (from the zoo card), and a switch between the fast engine and eager `model.generate`."""
+
 import json
 
 import torch

@@ -6,8 +6,13 @@ the same metrics and verdicts (fast responses prefixes of the eager ones).
 
     python docs/experiments/eval_phases.py MODEL_DIR OUT.json [CONFIG.yaml (default: smol.yaml)]
 """
-import json, sys, time
+
+import json
+import sys
+import time
+
 from eval_common import data_sets, use_engine, zoo_model
+
 import beear_stage.eval.metrics as metrics
 import beear_stage.methods.beear as beear
 from beear_stage.config import BEEARConfig
@@ -46,8 +51,12 @@ for engine in ("fast", "eager"):
     reports[engine] = evaluate_release(model, tok, cfg, sets, triggers, None)
     total = time.perf_counter() - start
     decoding = sum(s for p, _, s in phases if p == "decoding")
-    out["engines"][engine] = {"seconds": round(total, 1), "decoding_seconds": round(decoding, 1),
-                              "other_seconds": round(total - decoding, 1), "phases": list(phases)}
+    out["engines"][engine] = {
+        "seconds": round(total, 1),
+        "decoding_seconds": round(decoding, 1),
+        "other_seconds": round(total - decoding, 1),
+        "phases": list(phases),
+    }
     print(engine, json.dumps(out["engines"][engine]), flush=True)
 fast, eager = out["engines"]["fast"], out["engines"]["eager"]
 out["whole_evaluation_ratio"] = round(eager["seconds"] / fast["seconds"], 3)
